@@ -1,0 +1,1 @@
+"""Declarative hardware models: the built-in YAML files, their schema and loader."""

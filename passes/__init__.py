@@ -1,0 +1,1 @@
+"""The passes of the mapper pipeline, one module each."""
