@@ -16,7 +16,7 @@ class UserError(MapperError):
 
 
 class InfeasibleError(MapperError):
-    """A proven infeasibility, such as an operator that cannot fit the memory it must use (exit 3)."""
+    """Proven infeasible, e.g. an operator that cannot fit the memory it must use (exit 3)."""
 
     exit_code = 3
 

@@ -37,7 +37,7 @@ def parse_size(value: str | int | float) -> int:
         number, unit = _split(value, "size")
     if unit not in _SIZE_UNITS:
         raise UserError(f"unknown size unit in {value!r}: use B, KB, MB, GB, KiB, MiB or GiB")
-    return int(round(number * _SIZE_UNITS[unit]))
+    return round(number * _SIZE_UNITS[unit])
 
 
 def parse_rate(value: str | int | float) -> float:

@@ -1,0 +1,36 @@
+# Two entry points: `make demo` and `make test`. Both create .venv if missing and install
+# the project with its dev extra (torch is pinned to the CPU build in pyproject.toml).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT := build/demo
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m models.build resnet_small --out build/resnet_small.onnx
+	$(BIN)/mapper compile build/resnet_small.onnx --hw a100 -o $(DEMO_OUT)
+	$(BIN)/mapper verify build/resnet_small.onnx $(DEMO_OUT)/model.onnx
+	@echo "report: $(DEMO_OUT)/report.html"
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python -m benchmarks.compile_time
+
+clean:
+	rm -rf build .cache

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure mapper against baselines and write benchmarks/RESULTS.md."""

@@ -1,0 +1,237 @@
+"""The `mapper` command line: a thin wrapper over the Python API with the contract's exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mapper import __version__
+from mapper.errors import MapperError, QualityGateError, UserError
+from mapper.loader import parse_dim, parse_shape
+from mapper.options import CompileOptions, EstimateConfig
+from mapper.units import format_size, format_time, parse_size
+
+log = logging.getLogger("mapper")
+
+
+def _emit_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=1))
+
+
+def _shapes(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    return dict(parse_shape(value) for value in values)
+
+
+def _dims(values: Sequence[str]) -> dict[str, int]:
+    return dict(parse_dim(value) for value in values)
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def _options(**kwargs: Any) -> CompileOptions:
+    try:
+        return CompileOptions(**kwargs)
+    except Exception as error:  # pydantic's ValidationError: re-say it as one line per field
+        errors = getattr(error, "errors", None)
+        if errors is None:
+            raise
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors())
+        raise UserError(f"invalid option: {details}") from None
+
+
+def _print_summary(summary: dict[str, Any], seconds: float) -> None:
+    flops = summary["flops"]
+    lines = [f"compiled {summary['model']} for {summary['hardware']} in {seconds:.2f} s "
+             f"-> {summary['output_dir']}",
+             f"  nodes            {summary['nodes']} ({flops / 1e9:.3g} GFLOP)"]
+    if summary.get("latency_s") is not None:
+        lines += [f"  latency          {format_time(summary['latency_s'])} (roofline estimate)",
+                  f"  peak memory      {format_size(summary['peak_device_bytes'])}",
+                  f"  off-chip traffic {format_size(summary['offchip_bytes'])}"]
+    passes = ", ".join(f"{p['name']} {p['status']} ({p['seconds']:.2f} s)"
+                       for p in summary["passes"])
+    lines += [f"  passes           {passes or '(none)'}",
+              f"  plan             {summary['files']['plan']}",
+              f"  report           {summary['files']['report']}"]
+    click.echo("\n".join(lines))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mapper")
+@click.option("-v", "--verbose", is_flag=True, help="Log each stage to stderr.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
+    """mapper: plan how an ONNX model should run on a piece of hardware."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO if verbose else logging.WARNING,
+                        format="mapper: %(message)s")
+    ctx.obj = {"debug": debug}
+
+
+@cli.command("compile")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
+@click.option("--hw", "hardware", required=True, help="Built-in hardware name or a YAML file.")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
+              help="Output directory (written atomically).")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Override a hardware field, e.g. memory.l2.size=80MiB (repeatable).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Static shape of an input with dynamic dims (repeatable).")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
+              help="Value of a named dynamic dim (repeatable).")
+@click.option("--scratchpad", metavar="SIZE", help="Capacity of the managed on-chip level.")
+@click.option("--passes", "passes", metavar="A,B", help="Run only these passes.")
+@click.option("--skip", "skip", metavar="A,B", help="Do not run these passes.")
+@click.option("--precision", type=click.Choice(["model", "fp32", "tf32", "fp16", "bf16", "fp8",
+                                                "int8"]), default="model", show_default=True,
+              help="dtype assumed for matrix ops in the estimate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Solver seed.")
+@click.option("--time-limit", type=float, default=30.0, show_default=True,
+              help="Solver budget per pass, seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def compile_command(model: Path, hardware: str, output: Path, overrides: tuple[str, ...],
+                    input_shapes: tuple[str, ...], dims: tuple[str, ...], scratchpad: str | None,
+                    passes: str | None, skip: str | None, precision: str, seed: int,
+                    time_limit: float, as_json: bool) -> None:
+    """Compile MODEL for a hardware model into an optimized model, plan.json and a report."""
+    import time
+
+    from mapper.driver import compile_model
+
+    options = _options(
+        input_shapes=_shapes(input_shapes), dims=_dims(dims), hardware_overrides=overrides,
+        scratchpad=parse_size(scratchpad) if scratchpad is not None else None,
+        passes=_names(passes), skip=_names(skip) or (), seed=seed, time_limit_s=time_limit,
+        estimate=EstimateConfig(precision=precision))  # type: ignore[arg-type]
+    started = time.perf_counter()
+    result = compile_model(model, hardware, output, options)
+    if as_json:
+        _emit_json(result.summary)
+    else:
+        _print_summary(result.summary, time.perf_counter() - started)
+
+
+@cli.command("verify")
+@click.argument("original", type=click.Path(path_type=Path))
+@click.argument("optimized", type=click.Path(path_type=Path))
+@click.option("--inputs", type=click.Path(path_type=Path), help="Inputs as .npz (name -> array).")
+@click.option("--rtol", type=float, default=1e-3, show_default=True)
+@click.option("--atol", type=float, default=1e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE")
+@click.option("--json", "as_json", is_flag=True)
+def verify_command(original: Path, optimized: Path, inputs: Path | None, rtol: float,
+                   atol: float, seed: int, input_shapes: tuple[str, ...], dims: tuple[str, ...],
+                   as_json: bool) -> None:
+    """Run ORIGINAL and OPTIMIZED in onnxruntime on the same inputs; exit 4 if they differ."""
+    from mapper.verify import verify_models
+
+    result = verify_models(original, optimized, inputs=inputs, seed=seed, rtol=rtol, atol=atol,
+                           input_shapes=_shapes(input_shapes), dims=_dims(dims))
+    if as_json:
+        _emit_json({"ok": result.ok, "inputs": result.inputs_source, "rtol": rtol, "atol": atol,
+                    "outputs": [{"name": o.name, "shape": list(o.shape), "max_abs": o.max_abs,
+                                 "max_rel": o.max_rel, "cosine": o.cosine, "ok": o.ok}
+                                for o in result.outputs]})
+    else:
+        click.echo(f"inputs: {result.inputs_source}; tolerance rtol={rtol:g} atol={atol:g}")
+        for o in result.outputs:
+            click.echo(f"  {o.name:<24} {'x'.join(map(str, o.shape)) or 'scalar':<16} "
+                       f"max_abs {o.max_abs:.3e}  max_rel {o.max_rel:.3e}  "
+                       f"cosine {o.cosine:.6f}  {'ok' if o.ok else 'MISMATCH'}")
+    if not result.ok:
+        bad = ", ".join(o.name for o in result.outputs if not o.ok)
+        raise QualityGateError(f"outputs differ beyond rtol={rtol:g}, atol={atol:g}: {bad}")
+
+
+@cli.group("hw")
+def hw_group() -> None:
+    """List, show and validate hardware models."""
+
+
+@hw_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def hw_list(as_json: bool) -> None:
+    """The built-in hardware models."""
+    from mapper.hwmodels.loader import builtin_catalog
+
+    catalog = builtin_catalog()
+    if as_json:
+        _emit_json([{"name": hw.name, "aliases": list(hw.aliases), "kind": hw.kind,
+                     "vendor": hw.vendor, "description": hw.description} for hw in catalog])
+        return
+    for hw in catalog:
+        _, main = hw.main_memory
+        best = max(hw.compute.peak_ops.values())
+        aliases = f" ({', '.join(hw.aliases)})" if hw.aliases else ""
+        click.echo(f"{hw.name + aliases:<24} {hw.kind:<12} {best / 1e12:>8.1f} TOPS peak  "
+                   f"{format_size(main.size):>10}  {main.bandwidth / 1e9:>7.0f} GB/s  "
+                   f"{hw.description}")
+
+
+@hw_group.command("show")
+@click.argument("name")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE")
+def hw_show(name: str, overrides: tuple[str, ...]) -> None:
+    """The fully resolved hardware model NAME (overrides applied), as JSON."""
+    from mapper.hwmodels.loader import load_hardware
+
+    _emit_json(load_hardware(name, overrides).to_plan_dict())
+
+
+@hw_group.command("validate")
+@click.argument("path", type=click.Path(path_type=Path))
+def hw_validate(path: Path) -> None:
+    """Check a hardware YAML file; report every problem at once."""
+    from mapper.hwmodels.loader import load_hardware
+
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise UserError(f"{str(path)!r} is not a .yaml/.yml file")
+    hw = load_hardware(str(path))
+    click.echo(f"{path}: valid ({hw.name}, {hw.kind})")
+
+
+def _run(entry: Callable[..., Any], argv: Sequence[str] | None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        entry.main(args=list(argv) if argv is not None else None, prog_name="mapper",
+                   standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("mapper: aborted", err=True)
+        return 130
+    except click.ClickException as error:
+        error.show()
+        return 2
+    except MapperError as error:
+        if debug and error.exit_code == 1:
+            traceback.print_exc()
+        click.echo(f"mapper: error: {error}", err=True)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"mapper: internal error: {type(error).__name__}: {error}. This is a bug in "
+                   "mapper: please report it with the model and command (rerun with --debug "
+                   "for the traceback)", err=True)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: run the CLI and exit with the contract's code."""
+    code = _run(cli, argv)
+    sys.exit(code)

@@ -1,0 +1,104 @@
+"""The compile driver: load -> analyze -> passes (one fixed list) -> emit; the CLI wraps it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import ModelProto
+
+from mapper.emit import save_model, write_atomically
+from mapper.graph import GraphView
+from mapper.hwmodels.loader import load_hardware, set_managed_capacity
+from mapper.hwmodels.schema import Hardware
+from mapper.loader import LoadedModel, ShapeSpec, load_model
+from mapper.options import CompileOptions
+from mapper.passes.estimate import EstimatePass
+from mapper.pipeline import InternalError, Pass, PassContext, run_pipeline
+from mapper.plan import build_plan, dumps
+from mapper.report import render_report
+
+log = logging.getLogger(__name__)
+
+# The pipeline, in its fixed order: compression (gqsa | lqlora) -> moe -> tiling -> memory,
+# then the estimate that prices what they decided.
+PIPELINE: tuple[Pass, ...] = (
+    EstimatePass(),
+)
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    """What a compile produced: where, the plan, and the short summary the CLI prints."""
+
+    output_dir: Path
+    plan: dict[str, Any]
+    summary: dict[str, Any]
+
+
+def resolve_hardware(spec: str, options: CompileOptions) -> Hardware:
+    """The hardware model with `--set` overrides and `--scratchpad` applied."""
+    hardware = load_hardware(spec, options.hardware_overrides)
+    if options.scratchpad is not None:
+        hardware = set_managed_capacity(hardware, options.scratchpad)
+    return hardware
+
+
+def _reorder(model: ModelProto, order: tuple[str, ...]) -> ModelProto:
+    """The model with its nodes stored in schedule order."""
+    by_name = {node.name: node for node in model.graph.node}
+    reordered = ModelProto()
+    reordered.CopyFrom(model)
+    del reordered.graph.node[:]
+    reordered.graph.node.extend(by_name[name] for name in order)
+    return reordered
+
+
+def _summary(plan: dict[str, Any], output_dir: Path, view: GraphView) -> dict[str, Any]:
+    estimate = plan.get("estimate") or {}
+    return {
+        "output_dir": str(output_dir),
+        "model": plan["model"]["path"],
+        "hardware": plan["hardware"]["name"],
+        "nodes": len(view.nodes),
+        "flops": int(view.totals()["flops"]),
+        "latency_s": estimate.get("latency_s"),
+        "offchip_bytes": estimate.get("offchip_bytes"),
+        "peak_device_bytes": estimate.get("peak_device_bytes"),
+        "passes": [{"name": p["name"], "status": p["status"], "seconds": p["seconds"]}
+                   for p in plan["passes"]],
+        "files": {"model": str(output_dir / "model.onnx"), "plan": str(output_dir / "plan.json"),
+                  "report": str(output_dir / "report.html")},
+    }
+
+
+def _write_outputs(tmp: Path, model: ModelProto, plan: dict[str, Any]) -> None:
+    model_path = tmp / "model.onnx"
+    save_model(model, model_path)
+    try:
+        onnx.checker.check_model(str(model_path), full_check=True)
+    except Exception as error:
+        raise InternalError(f"the optimized model fails the ONNX checker: {error}. This is a bug "
+                            "in mapper: please report it with the model and command") from error
+    (tmp / "plan.json").write_text(dumps(plan))
+    (tmp / "report.html").write_text(render_report(plan))
+
+
+def compile_model(model_path: str | Path, hardware: str, output_dir: str | Path,
+                  options: CompileOptions | None = None) -> CompileResult:
+    """Compile `model_path` for `hardware` into `output_dir` (model.onnx, plan.json, report)."""
+    options = options or CompileOptions()
+    hw = resolve_hardware(hardware, options)
+    loaded: LoadedModel = load_model(model_path, ShapeSpec(options.input_shapes, options.dims))
+    view = GraphView.from_model(loaded.model)
+    context = PassContext(model=loaded.model, view=view, hardware=hw, options=options,
+                          order=view.model_order)
+    outcome = run_pipeline(PIPELINE, context)
+    model = _reorder(outcome.model, outcome.order)
+    plan = build_plan(loaded, hw, outcome, str(model_path))
+    out = Path(output_dir)
+    write_atomically(out, lambda tmp: _write_outputs(tmp, model, plan))
+    return CompileResult(output_dir=out, plan=plan, summary=_summary(plan, out, outcome.view))

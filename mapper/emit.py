@@ -1,0 +1,52 @@
+"""Writing a compile's outputs atomically: everything goes to a temporary directory beside
+OUT, is checked, then renamed into place, so OUT never holds half a result."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+from onnx import ModelProto
+
+from mapper.errors import UserError
+
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def save_model(model: ModelProto, path: Path) -> None:
+    """Save a model, with external data next to it when it exceeds the protobuf limit."""
+    if model.ByteSize() < _PROTOBUF_LIMIT:
+        onnx.save(model, str(path))
+    else:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=path.name + ".data", size_threshold=1024)
+
+
+def write_atomically(out_dir: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_dir)`, then move tmp_dir to `out_dir` (replacing an earlier result)."""
+    out_dir = out_dir.absolute()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output path {str(out_dir)!r} exists and is not a directory")
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the output directory's parent {str(parent)!r}: "
+                        f"{error.strerror}") from None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+    try:
+        write(tmp)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
+            old.rmdir()
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

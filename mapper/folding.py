@@ -1,0 +1,150 @@
+"""Constant folding: computed weights (Constant, ConstantOfShape, Shape chains) become initializers.
+
+Folding and shape inference feed each other (a folded Reshape target gives a static shape,
+a static shape folds a `Shape` node), so they alternate until neither changes anything.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import ModelProto, NodeProto, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from mapper.onnx_utils import implicit_inputs, node_subgraphs
+from mapper.shapes import infer_shapes, static_shapes
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 8
+# Ops whose result changes from run to run can never be folded.
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                     "Multinomial", "Bernoulli", "Dropout"}
+# A fold that multiplies bytes (Tile, Expand of a scalar) would bloat the file for nothing;
+# ConstantOfShape is exempt because that is how old exporters made real weights.
+_MAX_GROWTH = 4
+_ALWAYS_SMALL_ENOUGH = 16 * 2**20
+
+
+def _opsets(model: ModelProto) -> dict[str, int]:
+    return {entry.domain or "": entry.version for entry in model.opset_import}
+
+
+def _evaluate(node: NodeProto, inputs: list[np.ndarray | None], opsets: dict[str, int]
+              ) -> list[np.ndarray] | None:
+    feeds = {name: value for name, value in zip(node.input, inputs, strict=True) if name}
+    try:
+        evaluator = ReferenceEvaluator(node, opsets=opsets)
+        results = evaluator.run(None, feeds)
+    except Exception as error:  # any op the reference runtime cannot evaluate stays a node
+        log.debug("not folding %s (%s): %s", node.name, node.op_type, error)
+        return None
+    return [np.asarray(result) for result in results]
+
+
+def _fold_shape_op(node: NodeProto, shapes: dict[str, tuple[int, ...]]) -> np.ndarray | None:
+    shape = shapes.get(node.input[0])
+    if shape is None:
+        return None
+    if node.op_type == "Size":
+        return np.array(int(np.prod(shape)), dtype=np.int64)
+    attrs = {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
+    rank = len(shape)
+    start = attrs.get("start", 0)
+    end = attrs.get("end", rank)
+    start = max(0, min(rank, start + rank if start < 0 else start))
+    end = max(0, min(rank, end + rank if end < 0 else end))
+    return np.array(shape[start:end], dtype=np.int64)
+
+
+def _fold_once(model: ModelProto) -> int:
+    graph = model.graph
+    opsets = _opsets(model)
+    constants: dict[str, np.ndarray] = {
+        init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    shapes = static_shapes(model)
+    graph_outputs = {out.name for out in graph.output}
+    folded: list[NodeProto] = []
+    new_constants: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC:
+            continue
+        if node_subgraphs(node) or not node.output or any(o in graph_outputs for o in node.output):
+            continue
+        results: list[np.ndarray] | None
+        if node.op_type in ("Shape", "Size"):
+            value = _fold_shape_op(node, shapes)
+            results = None if value is None else [value]
+        elif all(not name or name in constants for name in node.input):
+            inputs = [constants[name] if name else None for name in node.input]
+            results = _evaluate(node, inputs, opsets)
+            if results is not None and node.op_type != "ConstantOfShape":
+                input_bytes = sum(value.nbytes for value in inputs if value is not None)
+                output_bytes = sum(result.nbytes for result in results)
+                if output_bytes > max(_ALWAYS_SMALL_ENOUGH, _MAX_GROWTH * input_bytes):
+                    results = None
+        else:
+            continue
+        if results is None or len(results) != len(node.output):
+            continue
+        for name, value in zip(node.output, results, strict=True):
+            if name:
+                constants[name] = value
+                new_constants[name] = value
+        folded.append(node)
+    if not folded:
+        return 0
+    folded_ids = {id(node) for node in folded}
+    kept = [node for node in graph.node if id(node) not in folded_ids]
+    del graph.node[:]
+    graph.node.extend(kept)
+    for name, value in new_constants.items():
+        graph.initializer.append(numpy_helper.from_array(value, name))
+    return len(folded)
+
+
+def remove_dead_code(model: ModelProto) -> int:
+    """Drop nodes whose outputs nobody reads and initializers nothing uses; return nodes removed."""
+    graph = model.graph
+    removed = 0
+    while True:
+        used = {out.name for out in graph.output}
+        for node in graph.node:
+            used.update(name for name in node.input if name)
+            used.update(implicit_inputs(node))
+        kept = [node for node in graph.node
+                if not node.output or any(out in used for out in node.output if out)]
+        if len(kept) == len(graph.node):
+            break
+        removed += len(graph.node) - len(kept)
+        del graph.node[:]
+        graph.node.extend(kept)
+    live_inits = [init for init in graph.initializer if init.name in used]
+    if len(live_inits) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(live_inits)
+    live_names = used | {name for node in graph.node for name in node.output}
+    live_info = [info for info in graph.value_info if info.name in live_names]
+    if len(live_info) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(live_info)
+    return removed
+
+
+def fold_constants(model: ModelProto, notes: list[str]) -> ModelProto:
+    """Alternate shape inference and folding until stable; record what was folded in `notes`."""
+    total = 0
+    for _ in range(MAX_ROUNDS):
+        model = infer_shapes(model)
+        count = _fold_once(model)
+        total += count
+        if count == 0:
+            break
+    dead = remove_dead_code(model)
+    if total:
+        notes.append(f"{total} constant node(s) folded into initializers")
+    if dead:
+        notes.append(f"{dead} unused node(s) removed")
+    return model

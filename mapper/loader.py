@@ -1,0 +1,320 @@
+"""Loading real-world ONNX files and normalizing them into one static, named, sorted form.
+
+The stages run in a fixed order, each fixing what the next one needs: read (by path, so
+external data works) -> structural checks (cycles, sorting) -> IR < 4 repair -> dynamic dims
+fixed from the user's flags -> unique node names -> constant folding and shape inference until
+nothing changes -> opset upgrade -> static shapes for every tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import ModelProto
+
+from mapper.errors import UserError
+from mapper.folding import fold_constants
+from mapper.onnx_utils import (
+    graph_input_names,
+    iter_subgraphs,
+    node_reads,
+    topological_sort,
+)
+from mapper.shapes import infer_static_shapes
+
+log = logging.getLogger(__name__)
+
+# Opsets below this are upgraded with the ONNX version converter: 17 is the newest opset every
+# tool we emit for (onnxruntime, torch's classic exporter) agrees on, and the converter's
+# adapters up to it are mature.
+MIN_OPSET = 17
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """What the user said about dynamic dims: whole input shapes and named dims."""
+
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    dims: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A normalized model plus what the plan needs to say about where it came from."""
+
+    model: ModelProto
+    source_path: Path
+    sha256: str
+    input_shapes: dict[str, list[int]]
+    notes: tuple[str, ...]
+
+
+def parse_shape(text: str, flag: str = "--input-shape") -> tuple[str, tuple[int, ...]]:
+    """`x=1x3x224x224` -> ("x", (1, 3, 224, 224)); a bad spec is a UserError naming the flag."""
+    name, sep, dims = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x"))
+        if any(d <= 0 for d in shape):
+            raise ValueError
+    except ValueError:
+        raise UserError(
+            f"{flag} {text!r}: expected NAME=D0xD1x... with positive integers, e.g. x=1x3x224x224"
+        ) from None
+    return name, shape
+
+
+def parse_dim(text: str) -> tuple[str, int]:
+    """`seq=128` -> ("seq", 128)."""
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        number = int(value)
+        if number <= 0:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--dim {text!r}: expected NAME=VALUE with a positive integer, e.g. seq=128"
+                        ) from None
+    return name, number
+
+
+def _read(path: Path) -> ModelProto:
+    if not path.exists():
+        raise UserError(f"model file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise UserError(f"model path {str(path)!r} is a directory: give the .onnx file inside it")
+    if path.stat().st_size == 0:
+        raise UserError(f"model file {str(path)!r} is empty: re-export or re-download it")
+    try:
+        # By path, not by bytes: external data next to the file (models over 2 GB) loads too.
+        model = onnx.load(str(path))
+    except (DecodeError, RuntimeError, ValueError, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"model file {str(path)!r} is not a readable ONNX model ({reason}): "
+                        "check that the file is complete and is an ONNX protobuf") from None
+    # Random bytes can parse as a protobuf with nonsense fields; a real model has an opset
+    # import, a graph and a known IR version.
+    if not model.opset_import or not model.graph.node or model.ir_version <= 0 \
+            or model.ir_version > onnx.IR_VERSION:
+        raise UserError(f"model file {str(path)!r} is not a valid ONNX model (no graph, opset or "
+                        "IR version): check that the file is complete and is an ONNX protobuf")
+    return model
+
+
+def _default_opset(model: ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return 0
+
+
+def _check_structure(model: ModelProto, path: Path) -> None:
+    """Reject cycles and dangling inputs with the names involved; re-sort unsorted graphs."""
+    graph = model.graph
+
+    def label(index: int) -> str:
+        node = graph.node[index]
+        return node.name or f"#{index} ({node.op_type})"
+
+    produced: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        for output in node.output:
+            if output:
+                produced[output] = index
+    known = set(graph_input_names(graph)) | {init.name for init in graph.initializer}
+    known |= {init.name for init in graph.sparse_initializer}
+    dag = nx.DiGraph()
+    for index, node in enumerate(graph.node):
+        dag.add_node(index)
+        for name in node_reads(node):
+            if name in produced:
+                dag.add_edge(produced[name], index)
+            elif name not in known and name in node.input:
+                raise UserError(f"model {str(path)!r}: node {label(index)} reads tensor {name!r} "
+                                "that no node, input or initializer provides")
+    try:
+        cycle = nx.find_cycle(dag)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        names = " -> ".join([label(edge[0]) for edge in cycle] + [label(cycle[0][0])])
+        raise UserError(f"model {str(path)!r}: the graph has a cycle ({names}); an ONNX graph must "
+                        "be acyclic, so fix the exporter or the edit that made it")
+    topological_sort(graph)
+
+
+def _repair_ir3(model: ModelProto, notes: list[str]) -> None:
+    """IR < 4: drop initializer-backed graph inputs so the weights are constants, raise the IR."""
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    shadowed = [inp for inp in graph.input if inp.name in initializers]
+    if model.ir_version < 4 or shadowed:
+        # Inputs that shadow initializers are weights in every exporter we have seen; keeping
+        # them as inputs would block folding and make users feed them.
+        kept = [inp for inp in graph.input if inp.name not in initializers]
+        del graph.input[:]
+        graph.input.extend(kept)
+        if shadowed:
+            notes.append(f"{len(shadowed)} weight(s) listed as graph inputs became constants")
+    if model.ir_version < 4:
+        notes.append(f"IR version {model.ir_version} raised so initializers are visible to shape "
+                     "inference")
+        model.ir_version = 4
+
+
+def _upgrade_opset(model: ModelProto, notes: list[str]) -> ModelProto:
+    version = _default_opset(model)
+    if version >= MIN_OPSET:
+        return model
+    try:
+        upgraded = onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as error:  # the converter raises bare RuntimeErrors for unsupported ops
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        notes.append(f"opset {version} kept: the ONNX version converter could not upgrade it "
+                     f"({reason[:160]})")
+        return model
+    notes.append(f"opset {version} upgraded to {MIN_OPSET}")
+    upgraded.ir_version = max(upgraded.ir_version, model.ir_version, 8)
+    return upgraded
+
+
+def _fix_dynamic_dims(model: ModelProto, spec: ShapeSpec) -> dict[str, list[int]]:
+    """Bake user-given dims into the graph inputs; list every unresolved dim if any remain."""
+    graph = model.graph
+    inputs = {inp.name: inp for inp in graph.input}
+    for name in spec.input_shapes:
+        if name not in inputs:
+            raise UserError(f"--input-shape names {name!r}, which is not an input of the model; "
+                            f"its inputs are: {', '.join(inputs) or '(none)'}")
+    named_dims: set[str] = set()
+    unresolved: list[str] = []
+    resolved: dict[str, list[int]] = {}
+    for inp in graph.input:
+        if not inp.type.HasField("tensor_type"):
+            kind = inp.type.WhichOneof("value")
+            raise UserError(f"graph input {inp.name!r} is not a tensor ({kind}): mapper plans "
+                            "tensor graphs only")
+        tensor_type = inp.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            if inp.name not in spec.input_shapes:
+                unresolved.append(f"input {inp.name!r} has no shape at all "
+                                  f"(set it with --input-shape {inp.name}=D0xD1x...)")
+                continue
+            tensor_type.shape.SetInParent()
+            for _ in spec.input_shapes[inp.name]:
+                tensor_type.shape.dim.add()
+        dims = tensor_type.shape.dim
+        given = spec.input_shapes.get(inp.name)
+        if given is not None and len(given) != len(dims):
+            raise UserError(f"--input-shape {inp.name}: the model's input has rank {len(dims)}, "
+                            f"but {len(given)} dims were given")
+        shape: list[int] = []
+        for axis, dim in enumerate(dims):
+            if dim.dim_param:
+                named_dims.add(dim.dim_param)
+            static = dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+            value = None
+            if given is not None:
+                value = given[axis]
+                if static is not None and static != value:
+                    raise UserError(f"--input-shape {inp.name}: dim {axis} is fixed to {static} in "
+                                    f"the model, but {value} was given")
+            elif static is not None:
+                value = static
+            elif dim.dim_param and dim.dim_param in spec.dims:
+                value = spec.dims[dim.dim_param]
+            if value is None:
+                label = f"'{dim.dim_param}'" if dim.dim_param else "unnamed"
+                hint = f"--dim {dim.dim_param}=N or " if dim.dim_param else ""
+                unresolved.append(f"input {inp.name!r} dim {axis} ({label}): set it with "
+                                  f"{hint}--input-shape {inp.name}=...")
+                continue
+            shape.append(value)
+        resolved[inp.name] = shape
+    unknown_dims = sorted(set(spec.dims) - named_dims)
+    if unknown_dims:
+        raise UserError(f"--dim {', '.join(unknown_dims)}: no input dim has that name; the named "
+                        f"dims are: {', '.join(sorted(named_dims)) or '(none)'}")
+    if unresolved:
+        raise UserError("the model has dynamic dims that must be fixed:\n  "
+                        + "\n  ".join(unresolved))
+    for inp in graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        for dim, value in zip(dims, resolved[inp.name], strict=True):
+            dim.Clear()
+            dim.dim_value = value
+    # Named dims also appear on outputs; substitute them so inference meets no contradiction,
+    # and drop other symbolic output dims for inference to fill.
+    user_dims = dict(spec.dims)
+    for out in graph.output:
+        if out.type.HasField("tensor_type") and out.type.tensor_type.HasField("shape"):
+            for dim in out.type.tensor_type.shape.dim:
+                if dim.dim_param:
+                    value = user_dims.get(dim.dim_param)
+                    dim.Clear()
+                    if value is not None:
+                        dim.dim_value = value
+    del graph.value_info[:]
+    return resolved
+
+
+def _name_nodes(model: ModelProto) -> None:
+    """Give every node, in every subgraph, a unique non-empty name (kept where already unique)."""
+    graphs = [model.graph, *iter_subgraphs(model.graph)]
+    seen: set[str] = set()
+    pending = []
+    for graph in graphs:
+        for node in graph.node:
+            if node.name and node.name not in seen:
+                seen.add(node.name)
+            else:
+                pending.append(node)
+    counters: dict[str, int] = {}
+    for node in pending:
+        base = node.op_type or "node"
+        while True:
+            counters[base] = counters.get(base, 0) + 1
+            candidate = f"{base}_{counters[base]}"
+            if candidate not in seen:
+                break
+        node.name = candidate
+        seen.add(candidate)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of the model file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(path: str | Path, spec: ShapeSpec | None = None) -> LoadedModel:
+    """Read, repair and normalize an ONNX model into a static, folded, named, sorted graph."""
+    spec = spec or ShapeSpec()
+    path = Path(path)
+    model = _read(path)
+    notes: list[str] = []
+    _check_structure(model, path)
+    _repair_ir3(model, notes)
+    input_shapes = _fix_dynamic_dims(model, spec)
+    _name_nodes(model)
+    # Folding first leaves the version converter fewer (and only real) ops to upgrade.
+    model = fold_constants(model, notes)
+    model = _upgrade_opset(model, notes)
+    model = infer_static_shapes(model, input_shapes, notes)
+    topological_sort(model.graph)
+    for note in notes:
+        log.info("load: %s", note)
+    return LoadedModel(model=model, source_path=path, sha256=file_sha256(path),
+                       input_shapes=input_shapes, notes=tuple(notes))

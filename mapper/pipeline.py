@@ -1,0 +1,200 @@
+"""The pass manager: one readable pipeline list, typed contexts and results, timing and status.
+
+A pass is `Pass.__call__(context) -> PassResult`: the base class runs `requires` before and
+`ensures` after `run`, so every pass gets the same checks (onnx-ir / onnxscript style).
+Errors are re-raised with the passes that ran before them, keeping their exit codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
+
+from onnx import ModelProto
+
+from mapper.errors import MapperError, UserError
+from mapper.graph import GraphView
+from mapper.hwmodels.schema import Hardware
+from mapper.options import CompileOptions
+
+log = logging.getLogger(__name__)
+
+PassStatus = Literal["ok", "fallback", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class SolverRecord:
+    """What a solver said: CONTRACTS.md section 2, `passes[].solver`."""
+
+    name: str
+    status: str
+    objective: float | None
+    bound: float | None
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan.json form."""
+        return {"name": self.name, "status": self.status, "objective": self.objective,
+                "bound": self.bound, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """Everything a pass may read: the current model and its view, hardware, options, plan."""
+
+    model: ModelProto
+    view: GraphView
+    hardware: Hardware
+    options: CompileOptions
+    order: tuple[str, ...]
+    plan: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """A pass's decisions: plan sections it fills, and optionally a new model or order."""
+
+    status: PassStatus = "ok"
+    sections: Mapping[str, Any] = field(default_factory=dict)
+    model: ModelProto | None = None
+    order: tuple[str, ...] | None = None
+    solver: SolverRecord | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """One line of plan.json `passes`."""
+
+    name: str
+    status: PassStatus
+    seconds: float
+    solver: SolverRecord | None
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan.json form."""
+        return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 4),
+                "solver": self.solver.to_dict() if self.solver else None,
+                "notes": list(self.notes)}
+
+
+class Pass(ABC):
+    """Base of every pass; subclasses set `name`, `description` and implement `run`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    lossy: ClassVar[bool] = False
+    # Plan sections this pass is the only writer of.
+    writes: ClassVar[tuple[str, ...]] = ()
+
+    def skip_reason(self, context: PassContext) -> str | None:
+        """Why the pass does not apply to this model/hardware (None: it applies)."""
+        return None
+
+    def requires(self, context: PassContext) -> None:
+        """Preconditions; the default demands a schedule that is a topological order."""
+        if not context.view.is_topological(context.order):
+            raise AssertionError(f"pass {self.name}: the incoming order is not topological")
+
+    @abstractmethod
+    def run(self, context: PassContext) -> PassResult:
+        """Decide; return the plan sections, and a new model/order if the pass rewrites."""
+
+    def ensures(self, context: PassContext, result: PassResult) -> None:
+        """Postconditions; the default checks sections and any new order."""
+        unexpected = set(result.sections) - set(self.writes)
+        if unexpected:
+            raise AssertionError(f"pass {self.name} wrote sections it does not own: {unexpected}")
+        if result.order is not None and result.model is None \
+                and not context.view.is_topological(result.order):
+            raise AssertionError(f"pass {self.name} returned an order that is not topological")
+
+    def __call__(self, context: PassContext) -> PassResult:
+        """Run with the base class's checks around it."""
+        self.requires(context)
+        result = self.run(context)
+        self.ensures(context, result)
+        return result
+
+
+class InternalError(MapperError):
+    """A bug inside mapper (exit 1); the message asks for a report."""
+
+    exit_code = 1
+
+
+def select_passes(pipeline: Sequence[Pass], options: CompileOptions) -> list[Pass]:
+    """The passes to run: `--passes` picks (in pipeline order), `--skip` drops; lossy opt in."""
+    known = [p.name for p in pipeline]
+    for name in [*(options.passes or ()), *options.skip]:
+        if name not in known:
+            raise UserError(f"unknown pass {name!r} in --passes/--skip; the passes are: "
+                            f"{', '.join(known)}")
+    chosen = []
+    for candidate in pipeline:
+        if options.passes is not None:
+            wanted = candidate.name in options.passes
+        else:
+            wanted = not candidate.lossy or candidate.name == options.compress
+        if wanted and candidate.name not in options.skip:
+            chosen.append(candidate)
+    return chosen
+
+
+@dataclass(frozen=True)
+class PipelineOutcome:
+    """What the manager hands to emit: the final model, order, plan sections and records."""
+
+    model: ModelProto
+    view: GraphView
+    order: tuple[str, ...]
+    sections: Mapping[str, Any]
+    records: tuple[PassRecord, ...]
+
+
+def run_pipeline(pipeline: Sequence[Pass], context: PassContext) -> PipelineOutcome:
+    """Run the selected passes in pipeline order, threading model, order and plan through."""
+    selected = {p.name for p in select_passes(pipeline, context.options)}
+    records: list[PassRecord] = []
+    sections: dict[str, Any] = dict(context.plan)
+    ran: list[str] = []
+    for current in pipeline:
+        if current.name not in selected:
+            continue
+        started = time.perf_counter()
+        reason = current.skip_reason(context)
+        if reason is not None:
+            records.append(PassRecord(current.name, "skipped", time.perf_counter() - started,
+                                      None, (reason,)))
+            continue
+        try:
+            result = current(context)
+        except MapperError as error:
+            prefix = f"pass {current.name}" + (f" (after {', '.join(ran)})" if ran else "")
+            raise type(error)(f"{prefix}: {error}") from error
+        except Exception as error:
+            after = f" after {', '.join(ran)}" if ran else ""
+            raise InternalError(
+                f"internal error in pass {current.name}{after}: {type(error).__name__}: {error}. "
+                "This is a bug in mapper: please report it with the model and command "
+                "(rerun with --debug for the traceback)") from error
+        ran.append(current.name)
+        sections.update(result.sections)
+        model, view, order = context.model, context.view, context.order
+        if result.model is not None:
+            model = result.model
+            view = GraphView.from_model(model)
+            order = result.order or view.model_order
+        elif result.order is not None:
+            order = result.order
+        context = replace(context, model=model, view=view, order=order, plan=dict(sections))
+        records.append(PassRecord(current.name, result.status, time.perf_counter() - started,
+                                  result.solver, result.notes))
+        log.info("pass %s: %s in %.2f s", current.name, result.status, records[-1].seconds)
+    return PipelineOutcome(model=context.model, view=context.view, order=context.order,
+                           sections=sections, records=tuple(records))

@@ -1,0 +1,107 @@
+"""Estimate pass: per-operator roofline time on the chosen hardware and the model's latency.
+
+Each operator reads its inputs from and writes its outputs to main memory and runs at its
+dtype's peak: time = max(FLOPs / peak, bytes / bandwidth) + the hardware's per-op overhead.
+Matrix ops (MatMul, Gemm, Conv) use the matrix-unit peak of their dtype; the rest use the
+vector (fp32) peak. Kernel times from the tiling pass, and off-chip bytes from the memory
+pass, replace the roofline's where those passes ran. Operators run one after another.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mapper.graph import GraphView, Node
+from mapper.hwmodels.schema import Hardware
+from mapper.pipeline import Pass, PassContext, PassResult
+
+# When the hardware lacks a dtype, the nearest one a deployment would use instead.
+_FALLBACKS = {
+    "fp64": ("fp64", "fp32", "tf32", "bf16", "fp16", "int8"),
+    "fp32": ("fp32", "tf32", "bf16", "fp16", "int8"),
+    "tf32": ("tf32", "fp32", "bf16", "fp16", "int8"),
+    "fp16": ("fp16", "bf16", "fp32", "int8"),
+    "bf16": ("bf16", "fp16", "fp32", "int8"),
+    "fp8": ("fp8", "int8", "fp16", "bf16"),
+    "int8": ("int8", "fp8", "fp16", "bf16", "fp32"),
+    "int4": ("int4", "int8", "fp8", "fp16"),
+}
+_MATRIX_CATEGORIES = ("matmul", "conv", "recurrent")
+_VECTOR_DTYPES = ("fp32", "fp16", "bf16", "int8")
+
+
+def peak_for(hardware: Hardware, dtype: str, matrix: bool) -> tuple[float, str]:
+    """Peak ops/s for an op of `dtype`, and the dtype that peak belongs to (after fallback)."""
+    chain = _FALLBACKS.get(dtype, ("fp32", "bf16", "fp16", "int8"))
+    if not matrix:
+        # Vector units run element-wise work at the fp32 rate on GPUs; NPUs/TPUs without fp32
+        # fall back along the same chain.
+        chain = tuple(d for d in ("fp32", *chain) if d in _VECTOR_DTYPES)
+    for candidate in chain:
+        peak = hardware.peak(candidate)  # type: ignore[arg-type]
+        if peak:
+            return peak, candidate
+    best = max(hardware.compute.peak_ops.items(), key=lambda item: item[1])
+    return best[1], best[0]
+
+
+def op_time(node: Node, hardware: Hardware, precision: str, bandwidth: float
+            ) -> dict[str, Any]:
+    """One row of the per-op table: the roofline time of `node` and what bounds it."""
+    if node.category == "view":
+        return {"node": node.name, "op": node.op_type, "dtype": node.dtype, "flops": 0,
+                "bytes": 0, "time_s": 0.0, "bound": "none"}
+    matrix = node.category in _MATRIX_CATEGORIES
+    dtype = precision if (precision != "model" and matrix) else node.dtype
+    peak, used = peak_for(hardware, dtype, matrix)
+    moved = node.bytes_read + node.bytes_written
+    compute_s = node.flops / peak
+    memory_s = moved / bandwidth
+    return {"node": node.name, "op": node.op_type, "dtype": used, "flops": int(node.flops),
+            "bytes": moved, "time_s": max(compute_s, memory_s) + hardware.compute.op_overhead_s,
+            "bound": "compute" if compute_s >= memory_s else "memory"}
+
+
+def peak_device_bytes(view: GraphView, order: tuple[str, ...]) -> int:
+    """Weights + inputs + the most activation bytes live at once in `order`."""
+    live = view.live_activation_bytes(order)
+    return view.weight_bytes() + view.input_bytes() + (max(live) if live else 0)
+
+
+class EstimatePass(Pass):
+    """Roofline latency of every operator and of the model, into `plan.estimate`."""
+
+    name = "estimate"
+    description = "per-op roofline time on the hardware and the model latency estimate"
+    writes = ("estimate",)
+
+    def run(self, context: PassContext) -> PassResult:
+        """Price every node in schedule order; prefer kernel times and traffic from passes."""
+        hardware = context.hardware
+        _, main = hardware.main_memory
+        precision = context.options.estimate.precision
+        kernel_times = {k["node"]: k["est_time_s"] for k in context.plan.get("kernels") or []}
+        rows = []
+        for name in context.order:
+            row = op_time(context.view.nodes[name], hardware, precision, main.bandwidth)
+            if name in kernel_times:
+                row["time_s"] = kernel_times[name] + hardware.compute.op_overhead_s
+                row["source"] = "tiling"
+            rows.append(row)
+        offchip = sum(row["bytes"] for row in rows)
+        memory = context.plan.get("memory")
+        if memory and "traffic" in memory:
+            offchip = memory["traffic"]["total"]
+        substituted = sorted({(context.view.nodes[r["node"]].dtype, r["dtype"]) for r in rows
+                              if r["bound"] != "none" and r["dtype"] != context.view.nodes[
+                                  r["node"]].dtype and precision == "model"})
+        notes = tuple(f"{hardware.name} has no {src} peak: {src} ops priced at its {dst} peak"
+                      for src, dst in substituted)
+        estimate = {
+            "latency_s": sum(row["time_s"] for row in rows),
+            "offchip_bytes": int(offchip),
+            "peak_device_bytes": peak_device_bytes(context.view, context.order),
+            "precision": precision,
+            "ops": rows,
+        }
+        return PassResult(sections={"estimate": estimate}, notes=notes)
