@@ -17,17 +17,18 @@ from mapper.pipeline import Pass, PassContext, PassResult
 
 # When the hardware lacks a dtype, the nearest one a deployment would use instead.
 _FALLBACKS = {
-    "fp64": ("fp64", "fp32", "tf32", "bf16", "fp16", "int8"),
-    "fp32": ("fp32", "tf32", "bf16", "fp16", "int8"),
-    "tf32": ("tf32", "fp32", "bf16", "fp16", "int8"),
-    "fp16": ("fp16", "bf16", "fp32", "int8"),
-    "bf16": ("bf16", "fp16", "fp32", "int8"),
-    "fp8": ("fp8", "int8", "fp16", "bf16"),
-    "int8": ("int8", "fp8", "fp16", "bf16", "fp32"),
-    "int4": ("int4", "int8", "fp8", "fp16"),
+    "fp64": ("fp64", "fp32", "tf32", "bf16", "fp16", "int16", "int8"),
+    "fp32": ("fp32", "tf32", "bf16", "fp16", "int16", "int8"),
+    "tf32": ("tf32", "fp32", "bf16", "fp16", "int16", "int8"),
+    "fp16": ("fp16", "bf16", "fp32", "int16", "int8"),
+    "bf16": ("bf16", "fp16", "fp32", "int16", "int8"),
+    "fp8": ("fp8", "int8", "fp16", "bf16", "int16"),
+    "int16": ("int16", "fp16", "bf16", "int8", "fp32"),
+    "int8": ("int8", "fp8", "int16", "fp16", "bf16", "fp32"),
+    "int4": ("int4", "int8", "fp8", "int16", "fp16"),
 }
 _MATRIX_CATEGORIES = ("matmul", "conv", "recurrent")
-_VECTOR_DTYPES = ("fp32", "fp16", "bf16", "int8")
+_VECTOR_DTYPES = ("fp32", "fp16", "bf16", "int16", "int8")
 
 
 def peak_for(hardware: Hardware, dtype: str, matrix: bool) -> tuple[float, str]:
