@@ -96,14 +96,16 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
 @click.option("--precision", type=click.Choice(["model", "fp32", "tf32", "fp16", "bf16", "fp8",
                                                 "int8"]), default="model", show_default=True,
               help="dtype assumed for matrix ops in the estimate.")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Calibration inputs .npz (one array per input, samples stacked first).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Solver seed.")
 @click.option("--time-limit", type=float, default=30.0, show_default=True,
               help="Solver budget per pass, seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def compile_command(model: Path, hardware: str, output: Path, overrides: tuple[str, ...],
                     input_shapes: tuple[str, ...], dims: tuple[str, ...], scratchpad: str | None,
-                    passes: str | None, skip: str | None, precision: str, seed: int,
-                    time_limit: float, as_json: bool) -> None:
+                    passes: str | None, skip: str | None, precision: str,
+                    calib: Path | None, seed: int, time_limit: float, as_json: bool) -> None:
     """Compile MODEL for a hardware model into an optimized model, plan.json and a report."""
     import time
 
@@ -112,7 +114,8 @@ def compile_command(model: Path, hardware: str, output: Path, overrides: tuple[s
     options = _options(
         input_shapes=_shapes(input_shapes), dims=_dims(dims), hardware_overrides=overrides,
         scratchpad=parse_size(scratchpad) if scratchpad is not None else None,
-        passes=_names(passes), skip=_names(skip) or (), seed=seed, time_limit_s=time_limit,
+        passes=_names(passes), skip=_names(skip) or (), calib=calib, seed=seed,
+        time_limit_s=time_limit,
         estimate=EstimateConfig(precision=precision))  # type: ignore[arg-type]
     started = time.perf_counter()
     result = compile_model(model, hardware, output, options)

@@ -10,6 +10,7 @@ from typing import Any
 import onnx
 from onnx import ModelProto
 
+from mapper.calibration import first_sample, load_calibration
 from mapper.emit import save_model, write_atomically
 from mapper.graph import GraphView
 from mapper.hwmodels.loader import load_hardware, set_managed_capacity
@@ -48,13 +49,15 @@ def resolve_hardware(spec: str, options: CompileOptions) -> Hardware:
 
 
 def _reorder(model: ModelProto, order: tuple[str, ...]) -> ModelProto:
-    """The model with its nodes stored in schedule order."""
+    """The model with its nodes stored in schedule order (in place: weights are not copied)."""
     by_name = {node.name: node for node in model.graph.node}
-    reordered = ModelProto()
-    reordered.CopyFrom(model)
-    del reordered.graph.node[:]
-    reordered.graph.node.extend(by_name[name] for name in order)
-    return reordered
+    nodes = [by_name[name] for name in order]
+    copies = [type(node)() for node in nodes]
+    for copy, node in zip(copies, nodes, strict=True):
+        copy.CopyFrom(node)
+    del model.graph.node[:]
+    model.graph.node.extend(copies)
+    return model
 
 
 def _summary(plan: dict[str, Any], output_dir: Path, view: GraphView) -> dict[str, Any]:
@@ -75,6 +78,22 @@ def _summary(plan: dict[str, Any], output_dir: Path, view: GraphView) -> dict[st
     }
 
 
+def _check_runs(model_path: Path) -> None:
+    """The contract promises a model onnxruntime (CPU) loads; check before anything lands."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # Default optimization, as users load it: some failures only show once ORT inlines If.
+    try:
+        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:
+        first = str(error).strip().splitlines()[0][:400] if str(error).strip() else ""
+        raise InternalError(f"onnxruntime cannot load the optimized model ({first}). This is a "
+                            "bug or a limitation of mapper with this model: please report it "
+                            "with the model and command") from error
+
+
 def _write_outputs(tmp: Path, model: ModelProto, plan: dict[str, Any]) -> None:
     model_path = tmp / "model.onnx"
     save_model(model, model_path)
@@ -83,6 +102,7 @@ def _write_outputs(tmp: Path, model: ModelProto, plan: dict[str, Any]) -> None:
     except Exception as error:
         raise InternalError(f"the optimized model fails the ONNX checker: {error}. This is a bug "
                             "in mapper: please report it with the model and command") from error
+    _check_runs(model_path)
     (tmp / "plan.json").write_text(dumps(plan))
     (tmp / "report.html").write_text(render_report(plan))
 
@@ -92,7 +112,9 @@ def compile_model(model_path: str | Path, hardware: str, output_dir: str | Path,
     """Compile `model_path` for `hardware` into `output_dir` (model.onnx, plan.json, report)."""
     options = options or CompileOptions()
     hw = resolve_hardware(hardware, options)
-    loaded: LoadedModel = load_model(model_path, ShapeSpec(options.input_shapes, options.dims))
+    calibration = load_calibration(options.calib) if options.calib is not None else None
+    loaded: LoadedModel = load_model(model_path, ShapeSpec(options.input_shapes, options.dims),
+                                     first_sample(calibration) if calibration else None)
     view = GraphView.from_model(loaded.model)
     context = PassContext(model=loaded.model, view=view, hardware=hw, options=options,
                           order=view.model_order)

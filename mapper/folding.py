@@ -62,8 +62,19 @@ def _fold_shape_op(node: NodeProto, shapes: dict[str, tuple[int, ...]]) -> np.nd
 def _fold_once(model: ModelProto) -> int:
     graph = model.graph
     opsets = _opsets(model)
-    constants: dict[str, np.ndarray] = {
-        init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    # Initializers are decoded only when a foldable node reads them: most are weights that
+    # feed MatMul/Conv with a non-constant input, and decoding them all costs seconds.
+    initializers = {init.name: init for init in graph.initializer}
+    constants: dict[str, np.ndarray] = {}
+
+    def is_constant(name: str) -> bool:
+        return name in constants or name in initializers
+
+    def value(name: str) -> np.ndarray:
+        if name not in constants:
+            constants[name] = numpy_helper.to_array(initializers[name])
+        return constants[name]
+
     shapes = static_shapes(model)
     graph_outputs = {out.name for out in graph.output}
     folded: list[NodeProto] = []
@@ -75,13 +86,13 @@ def _fold_once(model: ModelProto) -> int:
             continue
         results: list[np.ndarray] | None
         if node.op_type in ("Shape", "Size"):
-            value = _fold_shape_op(node, shapes)
-            results = None if value is None else [value]
-        elif all(not name or name in constants for name in node.input):
-            inputs = [constants[name] if name else None for name in node.input]
+            shape_value = _fold_shape_op(node, shapes)
+            results = None if shape_value is None else [shape_value]
+        elif all(not name or is_constant(name) for name in node.input):
+            inputs = [value(name) if name else None for name in node.input]
             results = _evaluate(node, inputs, opsets)
             if results is not None and node.op_type != "ConstantOfShape":
-                input_bytes = sum(value.nbytes for value in inputs if value is not None)
+                input_bytes = sum(array.nbytes for array in inputs if array is not None)
                 output_bytes = sum(result.nbytes for result in results)
                 if output_bytes > max(_ALWAYS_SMALL_ENOUGH, _MAX_GROWTH * input_bytes):
                     results = None
@@ -89,10 +100,10 @@ def _fold_once(model: ModelProto) -> int:
             continue
         if results is None or len(results) != len(node.output):
             continue
-        for name, value in zip(node.output, results, strict=True):
+        for name, result in zip(node.output, results, strict=True):
             if name:
-                constants[name] = value
-                new_constants[name] = value
+                constants[name] = result
+                new_constants[name] = result
         folded.append(node)
     if not folded:
         return 0
@@ -100,9 +111,23 @@ def _fold_once(model: ModelProto) -> int:
     kept = [node for node in graph.node if id(node) not in folded_ids]
     del graph.node[:]
     graph.node.extend(kept)
-    for name, value in new_constants.items():
-        graph.initializer.append(numpy_helper.from_array(value, name))
+    for name, array in new_constants.items():
+        _add_initializer(graph, name, array)
     return len(folded)
+
+
+def _add_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> None:
+    # Built in place: `append(from_array(...))` would copy every byte of a big weight twice.
+    tensor = graph.initializer.add()
+    tensor.name = name
+    tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+    tensor.dims.extend(array.shape)
+    if array.dtype == object:
+        tensor.string_data.extend(s if isinstance(s, bytes) else str(s).encode()
+                                  for s in array.ravel())
+    else:
+        tensor.raw_data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"),
+                                                             copy=False).tobytes()
 
 
 def remove_dead_code(model: ModelProto) -> int:
@@ -121,10 +146,10 @@ def remove_dead_code(model: ModelProto) -> int:
         removed += len(graph.node) - len(kept)
         del graph.node[:]
         graph.node.extend(kept)
-    live_inits = [init for init in graph.initializer if init.name in used]
-    if len(live_inits) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(live_inits)
+    # Deleted one by one, from the back: rebuilding the list would copy every weight.
+    for index in reversed(range(len(graph.initializer))):
+        if graph.initializer[index].name not in used:
+            del graph.initializer[index]
     live_names = used | {name for node in graph.node for name in node.output}
     live_info = [info for info in graph.value_info if info.name in live_names]
     if len(live_info) != len(graph.value_info):

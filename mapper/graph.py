@@ -12,6 +12,7 @@ from onnx import GraphProto, ModelProto, NodeProto
 
 from mapper.costs import OpWork, Shape, op_work
 from mapper.onnx_utils import dtype_name, element_size, node_reads, node_subgraphs
+from mapper.shapes import annotated_copy
 
 TensorKind = Literal["input", "weight", "activation"]
 _FLOAT_DTYPES = ("fp32", "fp16", "bf16", "fp8", "fp64")
@@ -145,9 +146,16 @@ class GraphView:
                 size=_tensor_bytes(shape, elem_type), kind=kind, is_output=name in outputs,
                 producer=producers.get(name), consumers=tuple(consumers.get(name, ())))
         attention = _attention_matmuls(graph, producers, consumers)
+        # Control-flow bodies are costed from an annotated copy: the emitted model keeps
+        # only main-graph shapes (see mapper.shapes.infer_shapes).
+        annotated: dict[str, NodeProto] = {}
+        if any(node_subgraphs(node) for node in graph.node):
+            copy = annotated_copy(model)
+            if copy is not None:
+                annotated = {node.name: node for node in copy.graph.node if node_subgraphs(node)}
         nodes: dict[str, Node] = {}
         for node in graph.node:
-            work = _node_work(node, types)
+            work = _node_work(annotated.get(node.name, node), types)
             node_inputs = tuple(name for name in reads[node.name] if name in tensors)
             node_outputs = tuple(name for name in node.output if name in tensors)
             view = work.category == "view"

@@ -1,9 +1,9 @@
 """Loading real-world ONNX files and normalizing them into one static, named, sorted form.
 
 The stages run in a fixed order, each fixing what the next one needs: read (by path, so
-external data works) -> structural checks (cycles, sorting) -> IR < 4 repair -> dynamic dims
-fixed from the user's flags -> unique node names -> constant folding and shape inference until
-nothing changes -> opset upgrade -> static shapes for every tensor.
+external data works) -> structural checks (cycles, sorting) -> IR < 4 repair -> opset upgrade
+-> dynamic dims fixed from the user's flags -> constant folding and shape inference until
+nothing changes -> static shapes for every tensor -> unique node names.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import ModelProto
@@ -27,7 +28,7 @@ from mapper.onnx_utils import (
     node_reads,
     topological_sort,
 )
-from mapper.shapes import infer_static_shapes
+from mapper.shapes import infer_static_shapes, weightless_copy
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,11 @@ def _read(path: Path) -> ModelProto:
     return model
 
 
-def _default_opset(model: ModelProto) -> int:
+def _default_opset(model: ModelProto) -> int | None:
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
             return entry.version
-    return 0
+    return None
 
 
 def _check_structure(model: ModelProto, path: Path) -> None:
@@ -173,18 +174,33 @@ def _repair_ir3(model: ModelProto, notes: list[str]) -> None:
 
 def _upgrade_opset(model: ModelProto, notes: list[str]) -> ModelProto:
     version = _default_opset(model)
-    if version >= MIN_OPSET:
-        return model
+    if version is None or version >= MIN_OPSET:
+        return model  # nothing of the default domain to upgrade (e.g. ai.onnx.ml only)
+    light, heavy_names = weightless_copy(model)
     try:
-        upgraded = onnx.version_converter.convert_version(model, MIN_OPSET)
+        upgraded = onnx.version_converter.convert_version(light, MIN_OPSET)
     except Exception as error:  # the converter raises bare RuntimeErrors for unsupported ops
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         notes.append(f"opset {version} kept: the ONNX version converter could not upgrade it "
                      f"({reason[:160]})")
         return model
     notes.append(f"opset {version} upgraded to {MIN_OPSET}")
-    upgraded.ir_version = max(upgraded.ir_version, model.ir_version, 8)
-    return upgraded
+    # The converter saw the big weights as typed inputs only: move its graph into `model`,
+    # around the weights that never left it.
+    graph, converted = model.graph, upgraded.graph
+    for index in reversed(range(len(graph.initializer))):
+        if graph.initializer[index].name not in heavy_names:
+            del graph.initializer[index]
+    graph.initializer.extend(converted.initializer)
+    for field_name in ("node", "input", "output", "value_info"):
+        target = getattr(graph, field_name)
+        del target[:]
+        target.extend(item for item in getattr(converted, field_name)
+                      if field_name != "input" or item.name not in heavy_names)
+    del model.opset_import[:]
+    model.opset_import.extend(upgraded.opset_import)
+    model.ir_version = max(upgraded.ir_version, model.ir_version, 8)
+    return model
 
 
 def _fix_dynamic_dims(model: ModelProto, spec: ShapeSpec) -> dict[str, list[int]]:
@@ -290,6 +306,13 @@ def _name_nodes(model: ModelProto) -> None:
         seen.add(candidate)
 
 
+def _drop_subgraph_value_info(model: ModelProto) -> None:
+    """Subgraph shape annotations are optional, and stale ones (inferred before the dims were
+    fixed, or wrongly by the converter's inference) make onnxruntime reject the model."""
+    for sub in iter_subgraphs(model.graph):
+        del sub.value_info[:]
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of the model file's bytes."""
     digest = hashlib.sha256()
@@ -299,21 +322,28 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(path: str | Path, spec: ShapeSpec | None = None) -> LoadedModel:
-    """Read, repair and normalize an ONNX model into a static, folded, named, sorted graph."""
+def load_model(path: str | Path, spec: ShapeSpec | None = None,
+               probe_inputs: Mapping[str, np.ndarray] | None = None) -> LoadedModel:
+    """Read, repair and normalize an ONNX model into a static, folded, named, sorted graph.
+
+    `probe_inputs` (one sample per input) feed the onnxruntime run that measures shapes ONNX
+    inference cannot know; without them zeros are used.
+    """
     spec = spec or ShapeSpec()
     path = Path(path)
     model = _read(path)
     notes: list[str] = []
     _check_structure(model, path)
     _repair_ir3(model, notes)
-    input_shapes = _fix_dynamic_dims(model, spec)
-    _name_nodes(model)
-    # Folding first leaves the version converter fewer (and only real) ops to upgrade.
-    model = fold_constants(model, notes)
+    # Upgrade while dims are still symbolic: the converter runs ONNX shape inference, which
+    # with fixed dims writes wrong shapes into some If branches (Silero VAD's LSTM).
     model = _upgrade_opset(model, notes)
-    model = infer_static_shapes(model, input_shapes, notes)
+    _drop_subgraph_value_info(model)
+    input_shapes = _fix_dynamic_dims(model, spec)
+    model = fold_constants(model, notes)
+    model = infer_static_shapes(model, input_shapes, notes, probe_inputs)
     topological_sort(model.graph)
+    _name_nodes(model)  # last: the version converter adds nodes without names
     for note in notes:
         log.info("load: %s", note)
     return LoadedModel(model=model, source_path=path, sha256=file_sha256(path),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +38,9 @@ class CompileOptions(BaseModel):
     skip: tuple[str, ...] = Field((), description="passes not to run")
     compress: Literal["gqsa", "lqlora"] | None = Field(
         None, description="the lossy compression pass to opt into")
+    calib: Path | None = Field(
+        None, description="calibration inputs (.npz, one array per input, samples first); "
+        "also feed the run that measures shapes ONNX inference cannot know")
     seed: int = Field(0, ge=0, description="seed of every solver and random choice")
     time_limit_s: float = Field(30.0, gt=0, description="solver budget per pass, seconds")
     estimate: EstimateConfig = Field(default_factory=EstimateConfig,

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -15,24 +14,65 @@ from mapper.onnx_utils import np_dtype
 
 log = logging.getLogger(__name__)
 
-_PROTOBUF_LIMIT = 2**31 - 1
+# Initializers above this many bytes are shown to shape inference as typed inputs only:
+# inference needs their shapes, never their values, and copying hundreds of MB of weights
+# through protobuf serialization on every round is what made big models slow to load.
+# Small ones stay, since data propagation reads values such as Reshape targets.
+_VALUE_NEEDED_BYTES = 4096
+
+
+def weightless_copy(model: ModelProto) -> tuple[ModelProto, set[str]]:
+    """A copy whose large initializers are typed graph inputs instead; and their names.
+
+    ONNX's whole-model tools (shape inference, the version converter) serialize the model
+    to C++ and back; without the weights that costs milliseconds instead of seconds.
+    """
+    graph = model.graph
+    heavy = [init for init in graph.initializer if init.ByteSize() > _VALUE_NEEDED_BYTES]
+    light = ModelProto()
+    light.ir_version = max(model.ir_version, 4)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    light.graph.name = graph.name
+    light.graph.node.extend(graph.node)
+    light.graph.input.extend(graph.input)
+    heavy_names = {init.name for init in heavy}
+    light.graph.input.extend(
+        onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+        for init in heavy)
+    light.graph.initializer.extend(i for i in graph.initializer if i.name not in heavy_names)
+    light.graph.sparse_initializer.extend(graph.sparse_initializer)
+    light.graph.output.extend(graph.output)
+    light.graph.value_info.extend(graph.value_info)
+    return light, heavy_names
+
+
+def annotated_copy(model: ModelProto) -> ModelProto | None:
+    """A weightless copy with ONNX's inferred shapes everywhere, subgraphs included."""
+    light, _ = weightless_copy(model)
+    try:
+        return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False,
+                                                 data_prop=True)
+    except Exception as error:  # inference raising on one odd node must not sink the load
+        log.debug("ONNX shape inference failed: %s", error)
+        return None
 
 
 def infer_shapes(model: ModelProto) -> ModelProto:
-    """ONNX shape inference with data propagation; by file for models over the 2 GB limit."""
-    try:
-        if model.ByteSize() < _PROTOBUF_LIMIT:
-            return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
-                                                     data_prop=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            source, target = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-            onnx.save(model, str(source), save_as_external_data=True, location="in.data")
-            onnx.shape_inference.infer_shapes_path(str(source), str(target), check_type=False,
-                                                   strict_mode=False, data_prop=True)
-            return onnx.load(str(target))
-    except Exception as error:  # inference raising on one odd node must not sink the load
-        log.debug("ONNX shape inference failed: %s", error)
+    """ONNX shape inference, main graph only, written into `model` (returned too).
+
+    Subgraph annotations are not kept: ONNX infers wrong shapes inside some If branches
+    once outer dims are fixed (Silero VAD's LSTM), and onnxruntime trusts them and fails.
+    """
+    inferred = annotated_copy(model)
+    if inferred is None:
         return model
+    graph = model.graph
+    del graph.value_info[:]
+    graph.value_info.extend(inferred.graph.value_info)
+    del graph.output[:]
+    graph.output.extend(inferred.graph.output)
+    return model
 
 
 def _static_dims(type_proto: TypeProto) -> tuple[int, ...] | None:
@@ -66,54 +106,80 @@ def _known_types(model: ModelProto) -> dict[str, ValueInfoProto]:
     return {info.name: info for info in [*graph.input, *graph.value_info, *graph.output]}
 
 
-def _dummy_inputs(model: ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
+def _probe_inputs(model: ModelProto, input_shapes: dict[str, list[int]],
+                  given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     feeds = {}
     for inp in model.graph.input:
         dtype = np_dtype(inp.type.tensor_type.elem_type)
-        # Zeros are valid for indices, masks and state alike; ones would overflow small vocabs.
-        feeds[inp.name] = np.zeros(input_shapes[inp.name], dtype=dtype)
+        if inp.name in given:
+            feeds[inp.name] = np.asarray(given[inp.name]).astype(dtype).reshape(
+                input_shapes[inp.name])
+        else:
+            # Zeros are valid for indices, masks and state alike; ones overflow small vocabs.
+            feeds[inp.name] = np.zeros(input_shapes[inp.name], dtype=dtype)
     return feeds
 
 
-def _shapes_by_execution(model: ModelProto, names: list[str], input_shapes: dict[str, list[int]]
-                         ) -> dict[str, np.ndarray]:
+def _shapes_by_execution(model: ModelProto, names: list[str], input_shapes: dict[str, list[int]],
+                         given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
-    probe = ModelProto()
-    probe.CopyFrom(model)
-    existing = {out.name for out in probe.graph.output}
+    # The probe outputs are added to `model` only while it is serialized, so its weights are
+    # never copied.
+    outputs = model.graph.output
+    original_count = len(outputs)
+    existing = {out.name for out in outputs}
     for name in names:
         if name not in existing:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+            outputs.append(onnx.helper.make_empty_tensor_value_info(name))
+    try:
+        serialized = model.SerializeToString()
+    finally:
+        while len(outputs) > original_count:
+            del outputs[len(outputs) - 1]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    results = session.run(names, _dummy_inputs(model, input_shapes))
+    session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    results = session.run(names, _probe_inputs(model, input_shapes, given))
     return dict(zip(names, results, strict=True))
 
 
-def infer_static_shapes(model: ModelProto, input_shapes: dict[str, list[int]], notes: list[str]
-                        ) -> ModelProto:
-    """Make `value_info` hold a static type and shape for every intermediate and output."""
+def _is_non_tensor(info: ValueInfoProto | None) -> bool:
+    return info is not None and info.type.WhichOneof("value") not in (None, "tensor_type")
+
+
+def infer_static_shapes(model: ModelProto, input_shapes: dict[str, list[int]], notes: list[str],
+                        probe_inputs: Mapping[str, np.ndarray] | None = None) -> ModelProto:
+    """Make `value_info` hold a static type and shape for every intermediate and output.
+
+    What ONNX inference leaves unknown (data-dependent shapes, If branches of different
+    shapes) is measured by one onnxruntime run on `probe_inputs`, zeros where none are given.
+    """
     model = infer_shapes(model)
     graph = model.graph
     shapes = static_shapes(model)
+    types = _known_types(model)
     produced = [name for node in graph.node for name in node.output if name]
-    missing = [name for name in produced if name not in shapes]
+    # Sequences and maps (ai.onnx.ml ZipMap, SplitToSequence) have no static tensor shape.
+    missing = [name for name in produced
+               if name not in shapes and not _is_non_tensor(types.get(name))]
     if missing:
+        given = probe_inputs or {}
         try:
-            observed = _shapes_by_execution(model, missing, input_shapes)
+            observed = _shapes_by_execution(model, missing, input_shapes, given)
         except Exception as error:
             reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+            on = "the --calib inputs" if given else "zero-valued inputs"
+            hint = "" if given else "; pass real inputs with --calib FILE.npz"
             raise UserError(
                 f"cannot determine static shapes of {len(missing)} tensor(s) (first: "
                 f"{', '.join(missing[:5])}): ONNX inference left them unknown and onnxruntime "
-                f"could not run the model to measure them ({reason})") from None
-        types = _known_types(model)
+                f"could not run the model on {on} to measure them ({reason}){hint}") from None
         outputs = {out.name: out for out in graph.output}
         for name, value in observed.items():
+            if not isinstance(value, np.ndarray):
+                continue
             elem_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
             info = onnx.helper.make_tensor_value_info(name, elem_type, list(value.shape))
             if name in outputs:

@@ -121,6 +121,13 @@ def load_inputs(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"cannot read inputs file {str(path)!r}: {error}") from None
 
 
+def as_array(value: object) -> np.ndarray:
+    """An output as a numeric array: sequences of maps (ai.onnx.ml ZipMap) become a table."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return np.array([[row[key] for key in sorted(row)] for row in value])
+    return np.asarray(value)
+
+
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray, rtol: float, atol: float
                     ) -> tuple[float, float, float, bool]:
     """max_abs, max_rel (over max |reference|), cosine and within-tolerance of two arrays."""
@@ -185,9 +192,10 @@ def verify_models(original: Path, optimized: Path, *, inputs: Path | None = None
         got = candidate_by_name.get(meta.name)
         if got is None:
             raise UserError(f"the optimized model has no output {meta.name!r}")
-        max_abs, max_rel, cosine, ok = compare_outputs(np.asarray(value), np.asarray(got),
-                                                       rtol, atol)
-        comparisons.append(OutputComparison(meta.name, tuple(np.asarray(value).shape), max_abs,
+        reference_array, candidate_array = as_array(value), as_array(got)
+        max_abs, max_rel, cosine, ok = compare_outputs(reference_array, candidate_array, rtol,
+                                                       atol)
+        comparisons.append(OutputComparison(meta.name, tuple(reference_array.shape), max_abs,
                                             max_rel, cosine, ok))
     return VerifyResult(tuple(comparisons), source, rtol, atol)
 
