@@ -29,9 +29,9 @@ def _models() -> list[tuple[str, Path]]:
     import models
     from models import corpus
 
-    found = [("resnet50 (torch export, opset 17)", models.build("resnet50"))]
-    if "resnet50" in corpus.CORPUS:
-        found.append(("resnet50 (model-zoo style, opset 9, IR 3)", corpus.fetch("resnet50")))
+    found = [("resnet50 (torch export)", models.build("resnet50")),
+             ("resnet50 (model-zoo style)", corpus.fetch("resnet50")),
+             ("densenet121 (onnx-caffe2, model zoo)", corpus.fetch("zoo_light_densenet121"))]
     return found
 
 
@@ -55,13 +55,16 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for label, path in _models():
-        nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
+        model = onnx.load(str(path), load_external_data=False)
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         median, times = _time_compile(path, args.hw, args.runs)
-        rows.append(f"| {label} | {nodes} | {median:.2f} | {min(times):.2f} | {max(times):.2f} |")
+        rows.append(f"| {label} | {opset} | {model.ir_version} | {len(model.graph.node)} | "
+                    f"{median:.2f} | {min(times):.2f} | {max(times):.2f} |")
         print(rows[-1])
     body = (f"`mapper compile MODEL --hw {args.hw}` with the default pipeline, a fresh process "
             f"per run (imports included), {args.runs} runs. Target: under 10 s.\n\n"
-            "| model | nodes in file | median s | min s | max s |\n|---|---|---|---|---|\n"
+            "| model | opset | IR | nodes in file | median s | min s | max s |\n"
+            "|---|---|---|---|---|---|---|\n"
             + "\n".join(rows)
             + "\n\nReproduce: `.venv/bin/python -m benchmarks.compile_time`")
     update_section("compile-time", "Compile time, default pipeline (foundation)", body)

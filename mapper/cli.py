@@ -175,13 +175,20 @@ def hw_list(as_json: bool) -> None:
         _emit_json([{"name": hw.name, "aliases": list(hw.aliases), "kind": hw.kind,
                      "vendor": hw.vendor, "description": hw.description} for hw in catalog])
         return
+    rows = [("NAME", "KIND", "PEAK", "MEMORY", "BANDWIDTH", "MANAGED LEVEL", "ALIASES")]
     for hw in catalog:
-        _, main = hw.main_memory
-        best = max(hw.compute.peak_ops.values())
-        aliases = f" ({', '.join(hw.aliases)})" if hw.aliases else ""
-        click.echo(f"{hw.name + aliases:<24} {hw.kind:<12} {best / 1e12:>8.1f} TOPS peak  "
-                   f"{format_size(main.size):>10}  {main.bandwidth / 1e9:>7.0f} GB/s  "
-                   f"{hw.description}")
+        main_name, main = hw.main_memory
+        dtype, best = max(hw.compute.peak_ops.items(), key=lambda item: item[1])
+        managed = hw.managed_level
+        rows.append((
+            hw.name, hw.kind, f"{best / 1e12:.4g} T ({dtype})",
+            f"{format_size(main.size)} {main_name}", f"{main.bandwidth / 1e9:.4g} GB/s",
+            f"{managed[0]} {format_size(managed[1].size)}" if managed else "-",
+            ", ".join(hw.aliases)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                   .rstrip())
 
 
 @hw_group.command("show")
