@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 from typing import Any
 
@@ -142,6 +142,13 @@ def _estimate_section(plan: dict[str, Any]) -> str:
         + _table(headers, rows(ops), {3, 4, 5, 7}) + "</details>")
 
 
+# Each renderer takes the plan and returns its HTML (empty when its section is absent);
+# a pass with a report section adds its renderer here, in pipeline order.
+SECTION_RENDERERS: tuple[Callable[[dict[str, Any]], str], ...] = (
+    _estimate_section,
+)
+
+
 def render_report(plan: dict[str, Any]) -> str:
     """The whole report.html for a plan."""
     hardware = plan["hardware"]
@@ -172,5 +179,5 @@ def render_report(plan: dict[str, Any]) -> str:
         f"<div class='cards'>{card_html}</div>"
         "<h2>Passes</h2>" + _table(["pass", "status", "time", "solver", "notes"], pass_rows, set())
         + "<h2>Loading</h2>" + notes_html
-        + _estimate_section(plan)
+        + "".join(render(plan) for render in SECTION_RENDERERS)
         + "</body></html>\n")
