@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import networkx as nx
-from onnx import GraphProto, ModelProto, NodeProto
+from onnx import GraphProto, ModelProto, NodeProto, numpy_helper
 
 from mapper.costs import OpWork, Shape, op_work
 from mapper.onnx_utils import dtype_name, element_size, node_reads, node_subgraphs
@@ -65,8 +65,13 @@ def _type_table(graph: GraphProto, into: dict[str, tuple[Shape | None, int]]) ->
             into[info.name] = (shape, tensor.elem_type)
 
 
-def _subgraph_flops(node: NodeProto, types: dict[str, tuple[Shape | None, int]]) -> float:
-    """Work of a control-flow node: the costlier If branch; Loop/Scan bodies times trips."""
+def _subgraph_flops(node: NodeProto, types: dict[str, tuple[Shape | None, int]],
+                    loop_trips: Mapping[str, int] | None = None) -> float:
+    """Work of a control-flow node: the costlier If branch; Loop/Scan bodies times trips.
+
+    A Loop's trip count is its constant `M` input where it has one, else 1 (the body once):
+    a data-dependent loop has no static count to price.
+    """
     branch_flops = []
     for sub in node_subgraphs(node):
         local = dict(types)
@@ -79,18 +84,20 @@ def _subgraph_flops(node: NodeProto, types: dict[str, tuple[Shape | None, int]])
         return 0.0
     if node.op_type == "If":
         return max(branch_flops)
-    trips = 1
+    trips = (loop_trips or {}).get(node.name, 1)
     if node.op_type == "Scan" and len(node.input) > 0:
         first = types.get(node.input[-1], (None, 0))[0]
         trips = first[0] if first else 1
     return trips * sum(branch_flops)
 
 
-def _node_work(node: NodeProto, types: dict[str, tuple[Shape | None, int]]) -> OpWork:
+def _node_work(node: NodeProto, types: dict[str, tuple[Shape | None, int]],
+               loop_trips: Mapping[str, int] | None = None) -> OpWork:
     def shape_of(name: str) -> Shape | None:
         return types.get(name, (None, 0))[0]
 
-    extra = {node.name: _subgraph_flops(node, types)} if node_subgraphs(node) else None
+    extra = ({node.name: _subgraph_flops(node, types, loop_trips)} if node_subgraphs(node)
+             else None)
     return op_work(node, shape_of, extra)
 
 
@@ -153,9 +160,10 @@ class GraphView:
             copy = annotated_copy(model)
             if copy is not None:
                 annotated = {node.name: node for node in copy.graph.node if node_subgraphs(node)}
+        loop_trips = _constant_trip_counts(graph)
         nodes: dict[str, Node] = {}
         for node in graph.node:
-            work = _node_work(annotated.get(node.name, node), types)
+            work = _node_work(annotated.get(node.name, node), types, loop_trips)
             node_inputs = tuple(name for name in reads[node.name] if name in tensors)
             node_outputs = tuple(name for name in node.output if name in tensors)
             view = work.category == "view"
@@ -221,6 +229,18 @@ class GraphView:
         """Whole-graph FLOPs and bytes moved, for summaries."""
         return {"flops": sum(n.flops for n in self.nodes.values()),
                 "bytes": sum(n.bytes_read + n.bytes_written for n in self.nodes.values())}
+
+
+def _constant_trip_counts(graph: GraphProto) -> dict[str, int]:
+    """Loop nodes whose max-trip input `M` is a constant initializer -> that count."""
+    initializers = {init.name: init for init in graph.initializer}
+    trips = {}
+    for node in graph.node:
+        if node.op_type == "Loop" and node.input and node.input[0] in initializers:
+            value = numpy_helper.to_array(initializers[node.input[0]])
+            if value.size == 1:
+                trips[node.name] = max(int(value.reshape(())), 0)
+    return trips
 
 
 def _compute_dtype(inputs: Sequence[str], outputs: Sequence[str],

@@ -77,3 +77,27 @@ def test_lifetimes_and_live_bytes(tmp_path):
     assert max(live) >= view.tensors["q"].size + view.tensors["scores"].size
     assert view.is_topological(order)
     assert not view.is_topological(list(reversed(order)))
+
+
+def test_loop_with_constant_trip_count_costs_body_times_trips(tmp_path):
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["h_in", "w"], ["h_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, 8])])
+    rng = np.random.default_rng(3)
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body, name="loop")],
+        "looped", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        initializer=[numpy_helper.from_array(np.array(5, np.int64), "trips"),
+                     numpy_helper.from_array(np.array(True), "cond"),
+                     numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    view = _view(tmp_path, model)
+    assert view.nodes["loop"].flops == 5 * 2 * 8 * 8
+    assert "w" in view.nodes["loop"].inputs

@@ -131,3 +131,18 @@ def test_shape_and_dim_parsing():
             parse_shape(bad)
     with pytest.raises(UserError, match="--dim"):
         parse_dim("seq=-1")
+
+
+def test_external_data_is_read_by_path(tmp_path):
+    model = build.legacy_ir3_cnn()
+    model.ir_version = 4
+    path = tmp_path / "external.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="external.data", size_threshold=0)
+    assert (tmp_path / "external.data").stat().st_size > 0
+    loaded = load_model(path)
+    weights = {init.name: init for init in loaded.model.graph.initializer}
+    assert weights["conv_w"].data_location == onnx.TensorProto.DEFAULT
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(loaded.model, {"x": x})[0],
+                               _run(build.legacy_ir3_cnn(), {"x": x})[0], rtol=1e-5)
