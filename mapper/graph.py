@@ -170,7 +170,7 @@ class GraphView:
             nodes[node.name] = Node(
                 name=node.name, op_type=node.op_type, domain=node.domain,
                 inputs=node_inputs, outputs=node_outputs, flops=work.flops,
-                bytes_read=0 if view else sum(tensors[n].size for n in set(node_inputs)),
+                bytes_read=0 if view else _bytes_read(node, node_inputs, node_outputs, tensors),
                 bytes_written=0 if view else sum(tensors[n].size for n in node_outputs),
                 dtype=_compute_dtype(node_inputs, node_outputs, tensors),
                 category=work.category, attention=node.name in attention)
@@ -229,6 +229,21 @@ class GraphView:
         """Whole-graph FLOPs and bytes moved, for summaries."""
         return {"flops": sum(n.flops for n in self.nodes.values()),
                 "bytes": sum(n.bytes_read + n.bytes_written for n in self.nodes.values())}
+
+
+# Ops that read only the part of their data input that they return.
+_PARTIAL_READS = {"Gather", "GatherElements", "GatherND", "Slice"}
+
+
+def _bytes_read(node: NodeProto, inputs: Sequence[str], outputs: Sequence[str],
+                tensors: Mapping[str, Tensor]) -> int:
+    """Bytes an op reads: every input once; a Gather/Slice reads only the rows it returns
+    (an embedding lookup does not stream the whole table)."""
+    if node.op_type in _PARTIAL_READS and node.input and node.input[0] in tensors:
+        rest = {name for name in inputs if name != node.input[0]}
+        gathered = sum(tensors[name].size for name in outputs)
+        return min(tensors[node.input[0]].size, gathered) + sum(tensors[n].size for n in rest)
+    return sum(tensors[name].size for name in set(inputs))
 
 
 def _constant_trip_counts(graph: GraphProto) -> dict[str, int]:

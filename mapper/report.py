@@ -83,13 +83,18 @@ def _roofline(ops: Sequence[dict[str, Any]], hardware: dict[str, Any]) -> str:
     parts = [f"<svg width='{width}' height='{height}' role='img'>",
              f"<rect x='{pad}' y='{pad}' width='{width - 2 * pad}' height='{height - 2 * pad}' "
              "fill='none' stroke='#d0d7de'/>"]
-    for dtype, peak in sorted(peaks.items(), key=lambda item: -item[1])[:4]:
+    # Roofs for the dtypes the ops actually ran at, so the chart shows the ceilings that bind.
+    used = {op["dtype"] for op in ops}
+    roofs = sorted(((d, p) for d, p in peaks.items() if d in used), key=lambda item: -item[1])
+    for index, (dtype, peak) in enumerate(roofs[:4] or [max(peaks.items(),
+                                                            key=lambda item: item[1])]):
         knee = peak / bandwidth
         x0 = 10 ** x_lo
         parts.append(f"<polyline fill='none' stroke='#8c959f' stroke-dasharray='4 3' points='"
                      f"{sx(x0):.1f},{sy(max(x0 * bandwidth, 10 ** y_lo)):.1f} "
                      f"{sx(knee):.1f},{sy(peak):.1f} {sx(10 ** x_hi):.1f},{sy(peak):.1f}'/>"
-                     f"<text x='{width - pad - 4}' y='{sy(peak) - 4:.1f}' text-anchor='end'>"
+                     f"<text x='{width - pad - 4 - 110 * index}' y='{sy(peak) - 4:.1f}' "
+                     "text-anchor='end'>"
                      f"{escape(dtype)} {peak / 1e12:.3g} TOPS</text>")
     colors: dict[str, str] = {}
     for x, y, op in points:
@@ -101,12 +106,10 @@ def _roofline(ops: Sequence[dict[str, Any]], hardware: dict[str, Any]) -> str:
                  "intensity (FLOP/byte, log)</text>"
                  f"<text x='14' y='{height / 2}' transform='rotate(-90 14 {height / 2})' "
                  "text-anchor='middle'>attained FLOP/s (log)</text>")
-    for index, (op, color) in enumerate(list(colors.items())[:10]):
-        parts.append(f"<circle cx='{pad + 10 + index * 68}' cy='{pad - 14}' r='4' "
-                     f"fill='{color}'/><text x='{pad + 17 + index * 68}' y='{pad - 10}'>"
-                     f"{escape(op[:9])}</text>")
     parts.append("</svg>")
-    return "".join(parts)
+    legend = " ".join(f"<span style='color:{color}'>&#9679;</span>&nbsp;{escape(op)}"
+                      for op, color in colors.items())
+    return "".join(parts) + f"<p class='muted'>{legend}</p>"
 
 
 def _estimate_section(plan: dict[str, Any]) -> str:

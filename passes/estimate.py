@@ -93,11 +93,14 @@ class EstimatePass(Pass):
         memory = context.plan.get("memory")
         if memory and "traffic" in memory:
             offchip = memory["traffic"]["total"]
-        substituted = sorted({(context.view.nodes[r["node"]].dtype, r["dtype"]) for r in rows
-                              if r["bound"] != "none" and r["dtype"] != context.view.nodes[
-                                  r["node"]].dtype and precision == "model"})
-        notes = tuple(f"{hardware.name} has no {src} peak: {src} ops priced at its {dst} peak"
-                      for src, dst in substituted)
+        # Only matrix ops have a dtype-specific peak worth a note; vector work runs at the
+        # vector rate whatever its dtype.
+        substituted = sorted({(node.dtype, row["dtype"]) for row in rows
+                              for node in (context.view.nodes[row["node"]],)
+                              if node.category in _MATRIX_CATEGORIES and precision == "model"
+                              and row["dtype"] != node.dtype})
+        notes = tuple(f"{hardware.name} has no {src} matrix peak: {src} matrix ops priced at "
+                      f"its {dst} peak" for src, dst in substituted)
         estimate = {
             "latency_s": sum(row["time_s"] for row in rows),
             "offchip_bytes": int(offchip),
