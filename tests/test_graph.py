@@ -101,3 +101,16 @@ def test_loop_with_constant_trip_count_costs_body_times_trips(tmp_path):
     view = _view(tmp_path, model)
     assert view.nodes["loop"].flops == 5 * 2 * 8 * 8
     assert "w" in view.nodes["loop"].inputs
+
+
+def test_gather_reads_only_the_rows_it_returns(tmp_path):
+    table = numpy_helper.from_array(np.zeros((1000, 64), np.float32), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["rows"], name="lookup")], "embed",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [1, 16, 64])],
+        initializer=[table])
+    view = _view(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    lookup = view.nodes["lookup"]
+    assert lookup.bytes_read == 16 * 64 * 4 + 16 * 8
+    assert lookup.bytes_written == 16 * 64 * 4
