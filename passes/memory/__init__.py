@@ -1,0 +1,11 @@
+"""Memory pass: COSMA-style scratchpad schedule, allocation and tensor replacement (CP-SAT).
+
+Modules: `problem` (what each step reads and writes), `traffic` (the contract's validity and
+traffic rules), `belady` (the baselines), `candidates` + `cosma` + `alloc` (the CP-SAT model),
+`planner` (one order end to end), `decompose` (windows for big graphs), `order` (order
+search), `pass_` (`MemoryPass`), `report` (the report section).
+"""
+
+from mapper.passes.memory.pass_ import MemoryPass
+
+__all__ = ["MemoryPass"]

@@ -1,0 +1,144 @@
+"""The memory pass: the scratchpad plan of CONTRACTS.md section 3 for the managed on-chip level.
+
+Fixed order first (one CP-SAT model, or windows for big graphs), then an order search that
+keeps a new order only if it moves strictly fewer off-chip bytes; optionally a last solve for
+the lowest footprint. Every plan is checked against the contract's rules before it leaves.
+
+Infeasibility: under the contract every tensor can stream (a read or write that is not
+resident is priced, not forbidden), so no graph is infeasible for any capacity; tensors
+larger than the scratchpad are simply streamed. The pass therefore never exits 3.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mapper.passes.memory.alloc import lowest_footprint
+from mapper.passes.memory.candidates import Candidate, saving_of
+from mapper.passes.memory.decompose import solve_windows
+from mapper.passes.memory.order import search_order
+from mapper.passes.memory.planner import Plan, baseline_plan, checked, solve_order, to_residencies
+from mapper.passes.memory.problem import Problem, build_problem
+from mapper.passes.memory.solver import Budget, track_wall_caps
+from mapper.passes.memory.traffic import footprint, traffic_of
+from mapper.pipeline import Pass, PassContext, PassResult, SolverRecord
+
+# Shares of the pass's deterministic budget.
+_FIXED_SHARE, _ORDER_SHARE, _PEAK_SHARE = 0.5, 0.4, 0.1
+
+
+def plan_order(problem: Problem, capacity: int, alignment: int, budget: Budget, seed: int,
+               window: int, lookahead: int, span_limit: int, relative_gap: float) -> Plan:
+    """The plan of one order: one model, or windows when it has more than `window` steps."""
+    if problem.steps > window:
+        return solve_windows(problem, capacity, alignment, budget, seed, window, lookahead,
+                             span_limit, relative_gap)
+    return solve_order(problem, capacity, alignment, budget, seed, span_limit, relative_gap)
+
+
+def _items(plan: Plan, capacity: int, alignment: int) -> dict[Candidate, int]:
+    """A plan's residencies as candidates (offset units), for re-packing."""
+    items = {}
+    for r in plan.residencies:
+        tensor = plan.problem.tensors[r.tensor]
+        item = Candidate(r.start, r.end, r.tensor, tensor.size, -(-tensor.size // alignment),
+                         (capacity - tensor.size) // alignment,
+                         saving_of(tensor, r.start, r.end))
+        items[item] = r.offset // alignment
+    return items
+
+
+def lowest_peak(plan: Plan, capacity: int, alignment: int, budget: Budget, seed: int) -> Plan:
+    """The same residencies re-packed for the lowest top address (objective 'peak')."""
+    items = _items(plan, capacity, alignment)
+    offsets = lowest_footprint(list(items), items, budget, seed)
+    residencies = to_residencies(offsets, alignment)
+    traffic = checked(plan.problem, residencies, capacity, alignment)
+    return Plan(plan.problem, residencies, traffic, plan.bound, plan.status, plan.stage,
+                plan.windows)
+
+
+def memory_section(plan: Plan, level: str, capacity: int, alignment: int, objective: str,
+                   baseline: Plan) -> dict[str, Any]:
+    """`plan.memory` in the contract's form (plus `objective` and `peak`)."""
+    traffic = plan.traffic
+    return {
+        "level": level,
+        "capacity": capacity,
+        "alignment": alignment,
+        "objective": objective,
+        "peak": footprint(plan.problem, plan.residencies),
+        "tensors": plan.problem.sizes(),
+        "residency": [r.to_dict() for r in plan.residencies],
+        "traffic": {"total": traffic.total, "compulsory": traffic.compulsory,
+                    "non_compulsory": traffic.non_compulsory,
+                    "baselines": {"stream_all": traffic_of(baseline.problem, []).total,
+                                  "belady": baseline.traffic.total}},
+    }
+
+
+class MemoryPass(Pass):
+    """Scratchpad schedule, allocation and tensor replacement (COSMA) into `plan.memory`."""
+
+    name = "memory"
+    description = ("on-chip scratchpad plan: which tensors are resident when, at which "
+                   "offset, and the operator order, minimizing off-chip bytes (CP-SAT)")
+    writes = ("memory",)
+
+    def skip_reason(self, context: PassContext) -> str | None:
+        """Skipped on hardware without a managed on-chip level."""
+        if context.hardware.managed_level is None:
+            return (f"hardware {context.hardware.name} has no managed on-chip level "
+                    "(mark one `managed: true`)")
+        return None
+
+    def run(self, context: PassContext) -> PassResult:
+        """Plan the incoming order, search others, check, and write `plan.memory`."""
+        config = context.options.memory
+        managed = context.hardware.managed_level
+        assert managed is not None
+        level, capacity = managed[0], managed[1].size
+        alignment, seed = config.alignment, context.options.seed
+        budget = Budget.starting_now(context.options.time_limit_s)
+        capped = track_wall_caps()
+        problem = build_problem(context.view, context.order)
+        baseline = baseline_plan(problem, capacity, alignment)
+
+        def solve(candidate: Problem, part: Budget) -> Plan:
+            return plan_order(candidate, capacity, alignment, part, seed, config.window,
+                              config.lookahead, config.span_limit, config.relative_gap)
+
+        fixed = solve(problem, budget.part(_FIXED_SHARE))
+        plan = fixed
+        searched = config.search_order and problem.steps <= config.window
+        if searched:
+            plan = search_order(fixed, solve, budget.part(_ORDER_SHARE),
+                                config.order_evaluations)
+        if config.objective == "peak" and not budget.expired():
+            plan = lowest_peak(plan, capacity, alignment, budget.part(_PEAK_SHARE),
+                              seed)
+        new_order = plan.problem.order if plan.problem.order != problem.order else None
+        notes = [f"fixed order: {fixed.status} via {fixed.stage}"
+                 + (f" in {fixed.windows} windows" if fixed.windows > 1 else "")
+                 + f", {fixed.traffic.total} B off-chip (belady {baseline.traffic.total} B)"]
+        if searched and fixed.traffic.non_compulsory == 0:
+            notes.append("order search: not needed (no non-compulsory bytes)")
+        elif searched:
+            notes.append("order search: " + (
+                f"a new order moves {fixed.traffic.total - plan.traffic.total} B less"
+                if new_order else "kept the incoming order"))
+        too_big = sorted((t for t in problem.tensors.values() if t.size > capacity),
+                         key=lambda t: (-t.size, t.name))
+        if too_big:
+            notes.append(f"{len(too_big)} tensor(s) larger than the {capacity} B {level} are "
+                         f"streamed (largest: {too_big[0].name}, {too_big[0].size} B)")
+        if capped[0]:
+            notes.append(f"{capped[0]} solve(s) stopped at the wall-clock cap before their "
+                         "deterministic limit (a slow or busy machine): the plan may differ "
+                         "between machines")
+        status = "fallback" if plan.stage == "belady" and plan.status != "OPTIMAL" else "ok"
+        solver = SolverRecord("cp-sat", plan.status, float(plan.traffic.total),
+                              float(plan.bound) if plan.bound is not None else None, seed)
+        section = memory_section(plan, level, capacity, alignment, config.objective, baseline)
+        return PassResult(status=status, sections={"memory": section}, order=new_order,
+                          solver=solver, notes=tuple(notes))
