@@ -16,6 +16,8 @@ from mapper import __version__
 from mapper.errors import MapperError, QualityGateError, UserError
 from mapper.loader import parse_dim, parse_shape
 from mapper.options import CompileOptions, EstimateConfig
+from mapper.passes.arena.cli import arena_group
+from mapper.passes.moe.cli import moe_group
 from mapper.units import format_size, format_time, parse_size
 
 log = logging.getLogger("mapper")
@@ -101,11 +103,29 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Solver seed.")
 @click.option("--time-limit", type=float, default=30.0, show_default=True,
               help="Solver budget per pass, seconds.")
+@click.option("--devices", type=click.IntRange(min=1),
+              help="MoE: devices to place the experts on (the moe pass runs for N > 1).")
+@click.option("--devices-per-node", type=click.IntRange(min=1),
+              help="MoE: devices per node (default: the hardware's interconnect).")
+@click.option("--trace", type=click.Path(path_type=Path),
+              help="MoE: routing trace .npz, routes[layers, tokens, k] (default: collected "
+              "in onnxruntime).")
+@click.option("--trace-layout", type=click.Choice(["layers-first", "tokens-first"]),
+              default="layers-first", show_default=True,
+              help="MoE: tokens-first reads routes[tokens, layers, k] (serving engines).")
+@click.option("--memory-objective", type=click.Choice(["offchip", "peak"]), default="offchip",
+              show_default=True, help="Memory pass: minimize off-chip bytes, or the same "
+              "bytes at the lowest scratchpad footprint.")
+@click.option("--no-order-search", is_flag=True,
+              help="Memory pass: keep the incoming operator order (no order search).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def compile_command(model: Path, hardware: str, output: Path, overrides: tuple[str, ...],
                     input_shapes: tuple[str, ...], dims: tuple[str, ...], scratchpad: str | None,
                     passes: str | None, skip: str | None, precision: str,
-                    calib: Path | None, seed: int, time_limit: float, as_json: bool) -> None:
+                    calib: Path | None, seed: int, time_limit: float, as_json: bool,
+                    devices: int | None = None, devices_per_node: int | None = None,
+                    trace: Path | None = None, trace_layout: str = "layers-first",
+                    memory_objective: str = "offchip", no_order_search: bool = False) -> None:
     """Compile MODEL for a hardware model into an optimized model, plan.json and a report."""
     import time
 
@@ -116,7 +136,10 @@ def compile_command(model: Path, hardware: str, output: Path, overrides: tuple[s
         scratchpad=parse_size(scratchpad) if scratchpad is not None else None,
         passes=_names(passes), skip=_names(skip) or (), calib=calib, seed=seed,
         time_limit_s=time_limit,
-        estimate=EstimateConfig(precision=precision))  # type: ignore[arg-type]
+        estimate=EstimateConfig(precision=precision),  # type: ignore[arg-type]
+        moe={"devices": devices, "devices_per_node": devices_per_node, "trace": trace,
+             "trace_layout": trace_layout},
+        memory={"objective": memory_objective, "search_order": not no_order_search})
     started = time.perf_counter()
     result = compile_model(model, hardware, output, options)
     if as_json:
@@ -157,6 +180,92 @@ def verify_command(original: Path, optimized: Path, inputs: Path | None, rtol: f
     if not result.ok:
         bad = ", ".join(o.name for o in result.outputs if not o.ok)
         raise QualityGateError(f"outputs differ beyond rtol={rtol:g}, atol={atol:g}: {bad}")
+
+
+_TILE_DTYPES = ["fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int16", "int8", "int4", "fp4"]
+
+
+@cli.command("tile")
+@click.option("--m", "m", type=click.IntRange(min=1), required=True, help="Rows of A and C.")
+@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Columns of B and C.")
+@click.option("--k", "k", type=click.IntRange(min=1), required=True, help="The reduction dim.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Independent GEMMs of this shape (batched MatMul).")
+@click.option("--dtype", type=click.Choice(_TILE_DTYPES), default="fp16", show_default=True)
+@click.option("--hw", "hardware", required=True, help="Built-in hardware name or a YAML file.")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Override a hardware field (repeatable).")
+@click.option("--allow-fallback", is_flag=True,
+              help="Tile a dtype the hardware lacks in the nearest one it has (else exit 3).")
+@click.option("--triton-only", is_flag=True,
+              help="Only configs Triton's tutorial kernel runs as-is (no split-K, persistent).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Solver seed.")
+@click.option("--time-limit", type=float, default=30.0, show_default=True,
+              help="Solver budget, seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the kernel record as JSON.")
+def tile_command(m: int, n: int, k: int, batch: int, dtype: str, hardware: str,
+                 overrides: tuple[str, ...], allow_fallback: bool, triton_only: bool,
+                 seed: int, time_limit: float, as_json: bool) -> None:
+    """Solve one GEMM's tile configuration (CONTRACTS.md section 6 record)."""
+    from mapper.hwmodels.loader import load_hardware
+    from mapper.options import TilingConfig
+    from mapper.passes.tiling import tile_problem
+    from mapper.passes.tiling.problems import GemmProblem
+
+    hw = load_hardware(hardware, overrides)
+    config = TilingConfig(dtype_fallback=allow_fallback, triton_only=triton_only,
+                          problem_time_limit_s=time_limit)
+    record = tile_problem(hw, GemmProblem.dense(m, n, k, dtype, batch=batch), config,
+                          seed=seed, budget_s=time_limit)
+    if as_json:
+        click.echo(json.dumps(record))
+        return
+    tile = ", ".join(f"{key}={value}" for key, value in record["tile"].items())
+    flops = record["flops"] / record["est_time_s"] if record["est_time_s"] else 0.0
+    shape = "x".join(map(str, (batch, m, n, k) if batch > 1 else (m, n, k)))
+    lines = [f"{shape} {record['dtype']} GEMM on {hw.name}",
+             f"  tile        {tile}",
+             f"  resources   smem {format_size(record['smem_bytes'])}, regs/thread "
+             f"{record['regs_per_thread']}, blocks/unit {record['blocks_per_unit']}",
+             f"  time        {format_time(record['est_time_s'])} ({flops / 1e12:.4g} TFLOP/s, "
+             f"{record['bound']}-bound)",
+             f"  solver      cp-sat {record['solver']['status']}"]
+    if record.get("triton"):
+        lines.append("  triton      " + ", ".join(f"{key}={value}" for key, value
+                                                 in record["triton"].items()))
+    if record["fallback"]:
+        lines.append(f"  fallback    {record['fallback']['reason']}")
+    click.echo("\n".join(lines))
+
+
+@cli.command("verify-plan")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("plan", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as one JSON object.")
+def verify_plan_command(model: Path, plan: Path, as_json: bool) -> None:
+    """Check PLAN (plan.json) against MODEL (its model.onnx) by CONTRACTS.md 2-4; exit 4 if not."""
+    from mapper.verify_plan import verify_plan
+
+    check = verify_plan(model, plan)
+    if as_json:
+        _emit_json(check.to_dict())
+    elif check.ok:
+        parts = [f"sections checked: {', '.join(check.checked)}"]
+        if check.traffic is not None:
+            parts.append(f"traffic {check.traffic['total']} bytes (stream-all "
+                         f"{check.traffic['stream_all']})")
+        if check.arena is not None:
+            parts.append(f"arena {check.arena['size']} bytes (lower bound "
+                         f"{check.arena['lower_bound']}, greedy {check.arena['greedy_by_size']})")
+        click.echo(f"{plan}: valid; " + "; ".join(parts))
+    else:
+        for violation in check.violations[:20]:
+            click.echo(f"  {violation}")
+        if len(check.violations) > 20:
+            click.echo(f"  ... and {len(check.violations) - 20} more")
+    if not check.ok:
+        raise QualityGateError(f"{plan} breaks {len(check.violations)} rule(s) of CONTRACTS.md "
+                               f"sections 2-4 for {model}")
 
 
 @cli.group("hw")
@@ -211,6 +320,10 @@ def hw_validate(path: Path) -> None:
         raise UserError(f"{str(path)!r} is not a .yaml/.yml file")
     hw = load_hardware(str(path))
     click.echo(f"{path}: valid ({hw.name}, {hw.kind})")
+
+
+cli.add_command(moe_group)
+cli.add_command(arena_group)
 
 
 def _run(entry: Callable[..., Any], argv: Sequence[str] | None) -> int:

@@ -17,7 +17,11 @@ from mapper.hwmodels.loader import load_hardware, set_managed_capacity
 from mapper.hwmodels.schema import Hardware
 from mapper.loader import LoadedModel, ShapeSpec, load_model
 from mapper.options import CompileOptions
+from mapper.passes.arena import ArenaPass
 from mapper.passes.estimate import EstimatePass
+from mapper.passes.memory import MemoryPass
+from mapper.passes.moe import MoePass
+from mapper.passes.tiling import TilingPass
 from mapper.pipeline import InternalError, Pass, PassContext, run_pipeline
 from mapper.plan import build_plan, dumps
 from mapper.report import render_report
@@ -27,6 +31,10 @@ log = logging.getLogger(__name__)
 # The pipeline, in its fixed order: compression (gqsa | lqlora) -> moe -> tiling -> memory,
 # then the estimate that prices what they decided.
 PIPELINE: tuple[Pass, ...] = (
+    MoePass(),
+    TilingPass(),
+    MemoryPass(),
+    ArenaPass(),
     EstimatePass(),
 )
 

@@ -12,6 +12,10 @@ from collections.abc import Callable, Sequence
 from html import escape
 from typing import Any
 
+from mapper.passes.arena.report import arena_section
+from mapper.passes.memory.report import memory_section
+from mapper.passes.moe.report import moe_section
+from mapper.passes.tiling.report import kernels_section
 from mapper.units import format_size, format_time
 
 _STYLE = """
@@ -148,6 +152,10 @@ def _estimate_section(plan: dict[str, Any]) -> str:
 # Each renderer takes the plan and returns its HTML (empty when its section is absent);
 # a pass with a report section adds its renderer here, in pipeline order.
 SECTION_RENDERERS: tuple[Callable[[dict[str, Any]], str], ...] = (
+    moe_section,
+    kernels_section,
+    memory_section,
+    arena_section,
     _estimate_section,
 )
 

@@ -5,6 +5,10 @@ dtype's peak: time = max(FLOPs / peak, bytes / bandwidth) + the hardware's per-o
 Matrix ops (MatMul, Gemm, Conv) use the matrix-unit peak of their dtype; the rest use the
 vector (fp32) peak. Kernel times from the tiling pass, and off-chip bytes from the memory
 pass, replace the roofline's where those passes ran. Operators run one after another.
+When the moe pass placed experts across devices, its per-forward all-to-all time
+(`plan.moe.metrics.alltoall_s`: token transfers between consecutive MoE layers) is added
+to `latency_s` and reported as `moe_alltoall_s`; the experts' compute is already in the
+per-op rows, so it is not added again.
 """
 
 from __future__ import annotations
@@ -63,8 +67,12 @@ def op_time(node: Node, hardware: Hardware, precision: str, bandwidth: float
             "bound": "compute" if compute_s >= memory_s else "memory"}
 
 
-def peak_device_bytes(view: GraphView, order: tuple[str, ...]) -> int:
-    """Weights + inputs + the most activation bytes live at once in `order`."""
+def peak_device_bytes(view: GraphView, order: tuple[str, ...],
+                      arena: dict[str, Any] | None = None) -> int:
+    """Weights + inputs + the activation arena (the arena pass's size where it ran, else the
+    most activation bytes live at once in `order`)."""
+    if arena is not None:
+        return view.weight_bytes() + view.input_bytes() + int(arena["size"])
     live = view.live_activation_bytes(order)
     return view.weight_bytes() + view.input_bytes() + (max(live) if live else 0)
 
@@ -101,10 +109,14 @@ class EstimatePass(Pass):
                               and row["dtype"] != node.dtype})
         notes = tuple(f"{hardware.name} has no {src} matrix peak: {src} matrix ops priced at "
                       f"its {dst} peak" for src, dst in substituted)
+        moe = context.plan.get("moe")
+        alltoall = float(moe["metrics"]["alltoall_s"]) if moe else 0.0
         estimate = {
-            "latency_s": sum(row["time_s"] for row in rows),
+            "latency_s": sum(row["time_s"] for row in rows) + alltoall,
+            "moe_alltoall_s": alltoall,
             "offchip_bytes": int(offchip),
-            "peak_device_bytes": peak_device_bytes(context.view, context.order),
+            "peak_device_bytes": peak_device_bytes(context.view, context.order,
+                                                   context.plan.get("arena")),
             "precision": precision,
             "ops": rows,
         }

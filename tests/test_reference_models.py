@@ -13,6 +13,7 @@ from mapper.options import CompileOptions
 from mapper.verify import verify_models
 from models import REFERENCE_MODELS, build
 from models._registry import get_spec
+from tests.plan_checks import assert_output_valid
 
 
 @pytest.mark.slow
@@ -28,6 +29,7 @@ def test_reference_model_compiles_everywhere_and_verifies(tmp_path, name):
         plan = json.loads((out / "plan.json").read_text())
         assert plan["estimate"]["latency_s"] > 0, hardware
         assert len(plan["schedule"]["order"]) == result.summary["nodes"]
+        assert_output_valid(out)  # every emitted plan passes `mapper verify-plan`
         digest = hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
         if digest in verified:
             continue  # byte-identical to a model already verified
