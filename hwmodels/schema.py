@@ -111,6 +111,13 @@ class MemoryLevel(BaseModel):
         default=False,
         description="Software-managed level the memory pass plans (scratchpad, L2 set-aside).",
     )
+    streaming: bool = Field(
+        default=True,
+        description="Operators may read and write the next level directly while this one is "
+        "planned. False: compute sees only this level, so every input and output of an "
+        "operator must be resident while it runs (NPUs whose engines read only their SRAM); "
+        "an operator whose inputs and outputs cannot fit at once is then infeasible.",
+    )
 
 
 class KernelLimits(BaseModel):

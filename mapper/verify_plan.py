@@ -335,6 +335,8 @@ def _check_memory(facts: ModelFacts, plan: Mapping[str, Any], order: Sequence[st
                            f"({s1}..{e1} and {s2}..{e2})")
     for first, second in _overlapping_pairs(boxes):
         report.add("memory", f"{first} and {second} overlap in time and in address")
+    if isinstance(level, dict) and level.get("streaming") is False:
+        _check_resident_operands(facts, order, spans, report)
     traffic = _memory_traffic(facts, order, spans, produced_at, report)
     stream_all = _stream_traffic(facts, order)
     claimed = memory["traffic"] if isinstance(memory["traffic"], dict) else {}
@@ -348,7 +350,31 @@ def _check_memory(facts: ModelFacts, plan: Mapping[str, Any], order: Sequence[st
                    f" the rules give {stream_all}")
     if not _is_int(baselines.get("belady")):
         report.add("memory", "traffic.baselines.belady is missing or not an integer")
+    # mapper's own addition (what the estimate prices per step): checked for consistency only.
+    per_step = memory.get("step_offchip")
+    if per_step is not None and (not isinstance(per_step, list) or len(per_step) != len(order)
+                                 or not all(_is_int(v) and v >= 0 for v in per_step)
+                                 or sum(per_step) != traffic["total"]):
+        report.add("memory", "step_offchip must list one non-negative integer per step, "
+                   f"summing to traffic.total ({traffic['total']})")
     return {**traffic, "stream_all": stream_all}
+
+
+def _check_resident_operands(facts: ModelFacts, order: Sequence[str],
+                             spans: Mapping[str, list[tuple[int, int]]], report: _Report) -> None:
+    """A level compute cannot bypass (`streaming: false`) holds every operand when used."""
+    missing = []
+    for step, name in enumerate(order):
+        reads, writes = facts.nodes[name]
+        for tensor in dict.fromkeys((*reads, *writes)):
+            if (facts.sizes.get(tensor) or 0) > 0 and not any(
+                    s <= step <= e for s, e in spans.get(tensor, ())):
+                missing.append(f"{tensor!r} at step {step} ({name})")
+    if missing:
+        shown = "; ".join(missing[:5]) + (f"; ... ({len(missing)} in all)"
+                                          if len(missing) > 5 else "")
+        report.add("memory", "the level cannot be bypassed (streaming: false), but operands "
+                   f"are not resident when their node runs: {shown}")
 
 
 def _memory_traffic(facts: ModelFacts, order: Sequence[str],

@@ -3,8 +3,11 @@
 Each operator reads its inputs from and writes its outputs to main memory and runs at its
 dtype's peak: time = max(FLOPs / peak, bytes / bandwidth) + the hardware's per-op overhead.
 Matrix ops (MatMul, Gemm, Conv) use the matrix-unit peak of their dtype; the rest use the
-vector (fp32) peak. Kernel times from the tiling pass, and off-chip bytes from the memory
-pass, replace the roofline's where those passes ran. Operators run one after another.
+vector (fp32) peak. Kernel times from the tiling pass replace the roofline's for the GEMMs
+they cover. Where the memory pass ran, each other operator's bytes are split by its plan: the
+step's off-chip bytes at main-memory bandwidth, the rest at the managed level's bandwidth
+(so a bigger scratchpad shows up as lower latency), and `offchip_bytes` is the plan's total.
+Operators run one after another.
 When the moe pass placed experts across devices, its per-forward all-to-all time
 (`plan.moe.metrics.alltoall_s`: token transfers between consecutive MoE layers) is added
 to `latency_s` and reported as `moe_alltoall_s`; the experts' compute is already in the
@@ -50,9 +53,12 @@ def peak_for(hardware: Hardware, dtype: str, matrix: bool) -> tuple[float, str]:
     return best[1], best[0]
 
 
-def op_time(node: Node, hardware: Hardware, precision: str, bandwidth: float
+def op_time(node: Node, hardware: Hardware, precision: str, bandwidth: float,
+            offchip: int | None = None, onchip_bandwidth: float | None = None
             ) -> dict[str, Any]:
-    """One row of the per-op table: the roofline time of `node` and what bounds it."""
+    """One row of the per-op table: the roofline time of `node` and what bounds it. With a
+    memory plan, only `offchip` of its bytes go at main-memory `bandwidth`; the rest are served
+    by the managed on-chip level at `onchip_bandwidth`."""
     if node.category == "view":
         return {"node": node.name, "op": node.op_type, "dtype": node.dtype, "flops": 0,
                 "bytes": 0, "time_s": 0.0, "bound": "none"}
@@ -61,7 +67,10 @@ def op_time(node: Node, hardware: Hardware, precision: str, bandwidth: float
     peak, used = peak_for(hardware, dtype, matrix)
     moved = node.bytes_read + node.bytes_written
     compute_s = node.flops / peak
-    memory_s = moved / bandwidth
+    if offchip is None or not onchip_bandwidth:
+        memory_s = moved / bandwidth
+    else:
+        memory_s = offchip / bandwidth + max(0, moved - offchip) / onchip_bandwidth
     return {"node": node.name, "op": node.op_type, "dtype": used, "flops": int(node.flops),
             "bytes": moved, "time_s": max(compute_s, memory_s) + hardware.compute.op_overhead_s,
             "bound": "compute" if compute_s >= memory_s else "memory"}
@@ -77,6 +86,12 @@ def peak_device_bytes(view: GraphView, order: tuple[str, ...],
     return view.weight_bytes() + view.input_bytes() + (max(live) if live else 0)
 
 
+def _step_offchip(memory: dict[str, Any] | None, steps: int) -> list[int] | None:
+    """Off-chip bytes per step from the memory pass, when it ran on this very order."""
+    per_step = (memory or {}).get("step_offchip")
+    return list(per_step) if per_step is not None and len(per_step) == steps else None
+
+
 class EstimatePass(Pass):
     """Roofline latency of every operator and of the model, into `plan.estimate`."""
 
@@ -90,15 +105,19 @@ class EstimatePass(Pass):
         _, main = hardware.main_memory
         precision = context.options.estimate.precision
         kernel_times = {k["node"]: k["est_time_s"] for k in context.plan.get("kernels") or []}
+        memory = context.plan.get("memory")
+        step_offchip = _step_offchip(memory, len(context.order))
+        managed = hardware.managed_level
+        onchip_bandwidth = managed[1].bandwidth if managed and step_offchip else None
         rows = []
-        for name in context.order:
-            row = op_time(context.view.nodes[name], hardware, precision, main.bandwidth)
+        for step, name in enumerate(context.order):
+            row = op_time(context.view.nodes[name], hardware, precision, main.bandwidth,
+                          step_offchip[step] if step_offchip else None, onchip_bandwidth)
             if name in kernel_times:
                 row["time_s"] = kernel_times[name] + hardware.compute.op_overhead_s
                 row["source"] = "tiling"
             rows.append(row)
         offchip = sum(row["bytes"] for row in rows)
-        memory = context.plan.get("memory")
         if memory and "traffic" in memory:
             offchip = memory["traffic"]["total"]
         # Only matrix ops have a dtype-specific peak worth a note; vector work runs at the

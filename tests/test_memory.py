@@ -131,6 +131,7 @@ def test_traffic_matches_independent_checker_on_random_plans():
         plan = belady(problem, capacity, 64)
         check_plan(problem, plan, capacity, 64)
         assert traffic_of(problem, plan).total == contract_total(problem, plan, capacity)
+        assert sum(traffic_of(problem, plan).by_step) == traffic_of(problem, plan).total
         assert traffic_of(problem, []).total == contract_total(problem, [], capacity)
 
 
@@ -337,6 +338,24 @@ def test_compile_writes_a_valid_memory_plan(tmp_path, resnet_small, scratchpad):
     assert result.plan["memory"]["traffic"] == memory["traffic"]
     again = compile_model(resnet_small, "edge-npu", tmp_path / "b", options)
     assert _without_seconds(again.plan) == _without_seconds(result.plan)
+
+
+def test_estimate_prices_the_memory_plan(tmp_path, resnet_small):
+    latencies = []
+    for scratchpad in (64 * KIB, 256 * KIB, 2048 * KIB):
+        plan = compile_model(resnet_small, "edge-npu", tmp_path / str(scratchpad),
+                             CompileOptions(scratchpad=scratchpad, time_limit_s=10)).plan
+        memory = plan["memory"]
+        assert len(memory["step_offchip"]) == len(plan["schedule"]["order"])
+        assert sum(memory["step_offchip"]) == memory["traffic"]["total"]
+        latencies.append(plan["estimate"]["latency_s"])
+    # The same 64 KiB scratchpad (which also shapes the accelerator's conv tiles), no plan.
+    streamed = compile_model(resnet_small, "edge-npu", tmp_path / "none",
+                             CompileOptions(scratchpad=64 * KIB, skip=("memory",))
+                             ).plan["estimate"]["latency_s"]
+    # More on-chip bytes never cost time; the plan beats streaming everything.
+    assert latencies == sorted(latencies, reverse=True)
+    assert latencies[-1] < latencies[0] < streamed
 
 
 def test_peak_objective_keeps_traffic_and_lowers_footprint(tmp_path, resnet_small):

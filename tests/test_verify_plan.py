@@ -169,6 +169,7 @@ BROKEN = {
     "stream_all baseline": (_set("memory.traffic.baselines.stream_all", 1),
                             "baselines.stream_all"),
     "belady missing": (_set("memory.traffic.baselines.belady", None), "belady"),
+    "per-step bytes off": (_set("memory.step_offchip", [0, 0, 0, 1]), "step_offchip"),
     "arena buffer missing": (_drop_buffer("c"), "have no buffer"),
     "arena buffer for a weight": (_append("arena.buffers", {"tensor": "w", "offset": 4096}),
                                   "not a tensor produced by a node"),

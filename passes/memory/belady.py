@@ -6,12 +6,17 @@ loaded) at the lowest 64-byte-aligned offset where it fits (first fit). When it 
 resident tensors the step does not touch are evicted, the one whose next use is furthest
 first (never used again counts as furthest; ties: larger first, then by name), until it
 fits; a tensor that still cannot fit is streamed. A tensor leaves right after its last use.
+On a level operators cannot bypass (`resident_operands`) nothing may stream: when the step's
+own tensors block each other, they are all taken out and placed again from offset 0 (those
+held from earlier steps end at their last use and are reloaded), which always fits once the
+pass has checked that every step's operands fit together.
 Evicting ends the residency at its last use before the eviction; the contract then prices
 the write-back and any reload.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mapper.passes.memory.problem import Problem
@@ -56,6 +61,28 @@ def _furthest(problem: Problem, name: str, step: int) -> tuple[int, int, str]:
     return (upcoming if upcoming is not None else _NEVER, problem.tensors[name].size, name)
 
 
+def _compact(problem: Problem, step: int, resident: dict[str, _Block],
+             close: Callable[[str, int], None], capacity: int, alignment: int) -> None:
+    """Re-place every operand of `step` from offset 0 (only they are resident now)."""
+    names = [n for n in dict.fromkeys((*problem.reads[step], *problem.writes[step]))
+             if problem.tensors[n].size > 0]
+    for name in names:
+        block = resident.get(name)
+        if block is None:
+            continue
+        if block.start == step:
+            del resident[name]  # placed at this very step: just place it again
+        else:
+            close(name, _last_use_before(problem, name, block.start, step))
+    for name in names:
+        offset = first_fit(list(resident.values()), problem.tensors[name].size, capacity,
+                           alignment)
+        if offset is None:
+            raise AssertionError(f"step {step}: its operands do not fit {capacity} bytes "
+                                 "together; the pass checks this before planning")
+        resident[name] = _Block(name, offset, problem.tensors[name].size, step)
+
+
 def belady(problem: Problem, capacity: int, alignment: int) -> list[Residency]:
     """The baseline plan: model order given by `problem`, first fit, furthest-next-use eviction."""
     resident: dict[str, _Block] = {}
@@ -78,6 +105,8 @@ def belady(problem: Problem, capacity: int, alignment: int) -> list[Residency]:
                     break
                 victims = [v for v in resident if v not in pinned]
                 if not victims:
+                    if problem.resident_operands:
+                        _compact(problem, step, resident, close, capacity, alignment)
                     break  # streamed: the step's own tensors fill the scratchpad
 
                 victim = max(victims, key=lambda v, now=step: _furthest(problem, v, now))

@@ -11,6 +11,10 @@ saving, against streaming the tensor, follows the contract's rules:
 
 Residencies of one tensor must not overlap, so the savings of chosen candidates add up
 exactly: traffic = stream_all - sum of savings.
+
+When operands must be resident (`Problem.resident_operands`), every use and the producing
+step also get a one-step candidate, and candidates that save nothing are kept: they are how
+a tensor read once is brought in at all.
 """
 
 from __future__ import annotations
@@ -74,6 +78,10 @@ def build_candidates(problem: Problem, capacity: int, alignment: int,
     for tensor in problem.tensors.values():
         if 0 < tensor.size <= capacity:
             spans[tensor.name] = set(_spans(tensor, span_limit))
+            if problem.resident_operands:
+                touches = (*tensor.uses, *(() if tensor.producer is None else
+                                           (tensor.producer,)))
+                spans[tensor.name].update((step, step) for step in touches)
     for name, start, end in extra:
         if name in spans:
             spans[name].add((start, end))
@@ -86,6 +94,6 @@ def build_candidates(problem: Problem, capacity: int, alignment: int,
             if not min_start <= start <= max_start:
                 continue
             saving = saving_of(tensor, start, end)
-            if saving > 0:
+            if saving > 0 or (problem.resident_operands and saving == 0):
                 found.append(Candidate(start, end, name, tensor.size, units, max_offset, saving))
     return sorted(found)

@@ -10,7 +10,8 @@ Solved in stages (the formulation ../shared/DESIGN.md's "Facts checked" section 
    optional intervals), hinted with a complete feasible plan and bounded by stage 1.
 
 `fixed` boxes are residencies decided earlier (an earlier window of the divide and conquer):
-they take capacity and addresses but are not decided here.
+they take capacity and addresses but are not decided here. `required` (tensor, step) pairs
+must each be covered by a chosen candidate (a level operators cannot bypass).
 """
 
 from __future__ import annotations
@@ -71,12 +72,18 @@ def _fixed_load(fixed: Sequence[Box], steps: list[int]) -> dict[int, int]:
 
 
 def _add_selection(model: cp_model.CpModel, candidates: Sequence[Candidate],
-                   fixed: Sequence[Box], capacity_units: int) -> list[cp_model.IntVar]:
-    """Choice variables, one residency at a time per tensor, and the capacity sums."""
+                   fixed: Sequence[Box], capacity_units: int,
+                   required: Sequence[tuple[str, int]] = ()) -> list[cp_model.IntVar]:
+    """Choice variables, one residency at a time per tensor, the capacity sums, and one
+    chosen residency over every required (tensor, step)."""
     chosen = [model.new_bool_var(f"c{i}") for i in range(len(candidates))]
     by_tensor: dict[str, list[int]] = {}
     for index, c in enumerate(candidates):
         by_tensor.setdefault(c.tensor, []).append(index)
+    for name, step in required:
+        covering = [chosen[i] for i in by_tensor.get(name, ())
+                    if candidates[i].start <= step <= candidates[i].end]
+        model.add_bool_or(covering)  # empty: no candidate can cover it, so infeasible
     for indices in by_tensor.values():
         # Two residencies of a tensor that overlap both hold the later one's start step.
         for point in sorted({candidates[i].start for i in indices}):
@@ -99,7 +106,8 @@ def _objective(chosen: Sequence[cp_model.IntVar], candidates: Sequence[Candidate
 
 
 def _solve_capacity(candidates: Sequence[Candidate], fixed: Sequence[Box], capacity_units: int,
-                    hint: Mapping[Candidate, int], budget: Budget, seed: int, gap: float
+                    hint: Mapping[Candidate, int], budget: Budget, seed: int, gap: float,
+                    required: Sequence[tuple[str, int]] = ()
                     ) -> tuple[list[Candidate] | None, int, str]:
     """Stage 1: the best choice under capacity sums, its proven saving bound, the status.
 
@@ -107,7 +115,7 @@ def _solve_capacity(candidates: Sequence[Candidate], fixed: Sequence[Box], capac
     interleaved portfolio from its best choice when that did not prove optimality.
     """
     model = cp_model.CpModel()
-    chosen = _add_selection(model, candidates, fixed, capacity_units)
+    chosen = _add_selection(model, candidates, fixed, capacity_units, required)
     model.maximize(_objective(chosen, candidates))
     selected = {c for c in candidates if c in hint}
     status, bound = cp_model.UNKNOWN, sum(c.saving for c in candidates)
@@ -133,10 +141,11 @@ def _solve_capacity(candidates: Sequence[Candidate], fixed: Sequence[Box], capac
 
 def _solve_full(candidates: Sequence[Candidate], fixed: Sequence[Box], capacity_units: int,
                 hint: Mapping[Candidate, int], saving_bound: int, budget: Budget, seed: int,
-                gap: float) -> tuple[dict[Candidate, int] | None, int, str]:
+                gap: float, required: Sequence[tuple[str, int]] = ()
+                ) -> tuple[dict[Candidate, int] | None, int, str]:
     """Stage 3: choice and offsets together; NoOverlap2D over optional intervals."""
     model = cp_model.CpModel()
-    chosen = _add_selection(model, candidates, fixed, capacity_units)
+    chosen = _add_selection(model, candidates, fixed, capacity_units, required)
     xs, ys, offsets = [], [], []
     for index, (var, c) in enumerate(zip(chosen, candidates, strict=True)):
         offset = model.new_int_var(0, c.max_offset, f"o{index}")
@@ -182,11 +191,13 @@ def _pack(picked: Sequence[Candidate], fixed: Sequence[Box], budget: Budget, see
 
 def solve_fixed_order(candidates: Sequence[Candidate], capacity: int, alignment: int,
                       budget: Budget, seed: int, hint: Mapping[Candidate, int] | None = None,
-                      fixed: Sequence[Box] = (), gap_bytes: float = 0.0) -> Choice:
+                      fixed: Sequence[Box] = (), gap_bytes: float = 0.0,
+                      required: Sequence[tuple[str, int]] = ()) -> Choice:
     """The best choice of candidates and offsets found within `budget` (see module doc).
 
     `hint` is a complete feasible choice (candidate -> offset units) the result never falls
-    below; without one, streaming everything (the empty choice) is the floor. The solves
+    below; without one, streaming everything (the empty choice) is the floor (with `required`
+    pairs the hint must cover them: the result is only as valid as its floor). The solves
     stop once proven within `gap_bytes` of the optimum; "OPTIMAL" is only said when the
     saving meets the proven bound exactly.
     """
@@ -196,7 +207,7 @@ def solve_fixed_order(candidates: Sequence[Candidate], capacity: int, alignment:
     if not candidates:
         return Choice({}, 0, 0, "OPTIMAL", "empty")
     picked, bound, _ = _solve_capacity(candidates, fixed, capacity_units, best,
-                                       budget.part(_CAPACITY_SHARE), seed, gap_bytes)
+                                       budget.part(_CAPACITY_SHARE), seed, gap_bytes, required)
     if picked is not None:
         bound = max(bound, _saving(picked))
     if picked is not None and _saving(picked) > _saving(best):
@@ -213,7 +224,8 @@ def solve_fixed_order(candidates: Sequence[Candidate], capacity: int, alignment:
                 break
             attempt = shrinking.part(1 / len(_SHRINKS))
             smaller, _, _ = _solve_capacity(candidates, fixed, int(capacity_units * shrink),
-                                            best, attempt.part(0.6), seed, gap_bytes)
+                                            best, attempt.part(0.6), seed, gap_bytes,
+                                            required)
             if smaller is None or _saving(smaller) <= _saving(best):
                 continue
             placed, how = _pack(smaller, fixed, attempt.part(0.4), seed)
@@ -225,7 +237,7 @@ def solve_fixed_order(candidates: Sequence[Candidate], capacity: int, alignment:
     if budget.expired() or bound - _saving(best) <= gap_bytes:
         return Choice(best, _saving(best), bound, "FEASIBLE", stage)
     offsets, full_bound, _ = _solve_full(candidates, fixed, capacity_units, best, bound,
-                                         budget.part(_FULL_SHARE), seed, gap_bytes)
+                                         budget.part(_FULL_SHARE), seed, gap_bytes, required)
     if offsets is not None and _saving(offsets) >= _saving(best):
         saving = _saving(offsets)
         proven = saving >= full_bound

@@ -15,7 +15,7 @@ from mapper.passes.memory.cosma import capacity_bound, solve_fixed_order
 from mapper.passes.memory.planner import Plan, as_hint, baseline_plan, checked, to_residencies
 from mapper.passes.memory.problem import Problem
 from mapper.passes.memory.solver import Budget
-from mapper.passes.memory.traffic import traffic_of
+from mapper.passes.memory.traffic import traffic_of, uncovered
 
 # Share of the budget spent on a whole-graph capacity relaxation, for the reported bound.
 _BOUND_SHARE = 0.15
@@ -59,13 +59,22 @@ def solve_windows(problem: Problem, capacity: int, alignment: int, budget: Budge
                  if c.end >= low]
         hint = _compatible(baseline_choice, set(local), boxes)
         part = budget.part((1.0 - _BOUND_SHARE) / count)
+        # Operands of this window's steps that no committed residency already holds.
+        required = [(name, step) for name, step in problem.required()
+                    if low <= step < horizon and not any(
+                        c.start <= step <= c.end for c in by_tensor.get(name, ()))]
         choice = solve_fixed_order(local, capacity, alignment, part, seed, hint=hint,
-                                   fixed=boxes, gap_bytes=gap_bytes)
+                                   fixed=boxes, gap_bytes=gap_bytes, required=required)
         for c, offset in choice.offsets.items():
             if c.start < high:
                 committed[c] = offset
                 by_tensor.setdefault(c.tensor, []).append(c)
     residencies = to_residencies(committed, alignment)
+    if uncovered(problem, residencies):
+        # A window's floor clashed with what earlier windows committed, so some operand is
+        # not held; the baseline holds every one (it is a valid plan by construction).
+        return Plan(problem, base.residencies, base.traffic, None, "FEASIBLE", "belady",
+                    windows=count)
     traffic = checked(problem, residencies, capacity, alignment)
     stream = traffic_of(problem, []).total
     saving_bound = capacity_bound(candidates, capacity, alignment,

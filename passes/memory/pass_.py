@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mapper.errors import InfeasibleError
 from mapper.passes.memory.alloc import lowest_footprint
 from mapper.passes.memory.candidates import Candidate, saving_of
 from mapper.passes.memory.decompose import solve_windows
@@ -22,6 +23,7 @@ from mapper.passes.memory.problem import Problem, build_problem
 from mapper.passes.memory.solver import Budget, track_wall_caps
 from mapper.passes.memory.traffic import footprint, traffic_of
 from mapper.pipeline import Pass, PassContext, PassResult, SolverRecord
+from mapper.units import format_size
 
 # Shares of the pass's deterministic budget.
 _FIXED_SHARE, _ORDER_SHARE, _PEAK_SHARE = 0.5, 0.4, 0.1
@@ -60,13 +62,15 @@ def lowest_peak(plan: Plan, capacity: int, alignment: int, budget: Budget, seed:
 
 def memory_section(plan: Plan, level: str, capacity: int, alignment: int, objective: str,
                    baseline: Plan) -> dict[str, Any]:
-    """`plan.memory` in the contract's form (plus `objective` and `peak`)."""
+    """`plan.memory` in the contract's form (plus `objective`, `peak` and `step_offchip`, the
+    off-chip bytes of each step, which the estimate prices at main-memory bandwidth)."""
     traffic = plan.traffic
     return {
         "level": level,
         "capacity": capacity,
         "alignment": alignment,
         "objective": objective,
+        "streaming": not plan.problem.resident_operands,
         "peak": footprint(plan.problem, plan.residencies),
         "tensors": plan.problem.sizes(),
         "residency": [r.to_dict() for r in plan.residencies],
@@ -74,7 +78,24 @@ def memory_section(plan: Plan, level: str, capacity: int, alignment: int, object
                     "non_compulsory": traffic.non_compulsory,
                     "baselines": {"stream_all": traffic_of(baseline.problem, []).total,
                                   "belady": baseline.traffic.total}},
+        "step_offchip": list(traffic.by_step),
     }
+
+
+def _check_operands_fit(problem: Problem, context: PassContext, level: str, capacity: int,
+                        alignment: int) -> None:
+    """On a level compute cannot bypass, an operator whose operands exceed it cannot run."""
+    need, step = max((problem.operand_bytes(s, alignment), s) for s in range(problem.steps))
+    if need <= capacity:
+        return
+    node = context.view.nodes[problem.order[step]]
+    raise InfeasibleError(
+        f"operator {node.name!r} ({node.op_type}) needs {need} bytes of {level} for its inputs "
+        f"and outputs at once ({format_size(need)}); the {level} holds {capacity} bytes "
+        f"({format_size(capacity)}) and {context.hardware.name}'s compute cannot bypass it "
+        f"(memory.{level}.streaming: false). Give it at least --scratchpad "
+        f"{-(-need // 1024)}KiB, or --set memory.{level}.streaming=true if the device can "
+        "stream")
 
 
 class MemoryPass(Pass):
@@ -101,7 +122,10 @@ class MemoryPass(Pass):
         alignment, seed = config.alignment, context.options.seed
         budget = Budget.starting_now(context.options.time_limit_s)
         capped = track_wall_caps()
-        problem = build_problem(context.view, context.order)
+        problem = build_problem(context.view, context.order,
+                                resident_operands=not managed[1].streaming)
+        if problem.resident_operands:
+            _check_operands_fit(problem, context, level, capacity, alignment)
         baseline = baseline_plan(problem, capacity, alignment)
 
         def solve(candidate: Problem, part: Budget) -> Plan:
@@ -118,7 +142,10 @@ class MemoryPass(Pass):
             plan = lowest_peak(plan, capacity, alignment, budget.part(_PEAK_SHARE),
                               seed)
         new_order = plan.problem.order if plan.problem.order != problem.order else None
-        notes = [f"fixed order: {fixed.status} via {fixed.stage}"
+        notes = [f"off-chip {format_size(plan.traffic.total)} with a {format_size(capacity)} "
+                 f"{level} (belady {format_size(baseline.traffic.total)}, stream-all "
+                 f"{format_size(traffic_of(problem, []).total)}); {plan.status}",
+                 f"fixed order: {fixed.status} via {fixed.stage}"
                  + (f" in {fixed.windows} windows" if fixed.windows > 1 else "")
                  + f", {fixed.traffic.total} B off-chip (belady {baseline.traffic.total} B)"]
         if searched and fixed.traffic.non_compulsory == 0:

@@ -84,7 +84,8 @@ def solve_order(problem: Problem, capacity: int, alignment: int, budget: Budget,
     candidates = build_candidates(problem, capacity, alignment, extra, span_limit)
     hint = as_hint(candidates, base.residencies, alignment)
     choice = solve_fixed_order(candidates, capacity, alignment, budget, seed, hint,
-                               gap_bytes=relative_gap * problem.floor())
+                               gap_bytes=relative_gap * problem.floor(),
+                               required=problem.required())
     residencies = to_residencies(choice.offsets, alignment)
     traffic = checked(problem, residencies, capacity, alignment)
     stream = traffic_of(problem, []).total

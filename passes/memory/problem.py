@@ -52,6 +52,8 @@ class Problem:
     # Graph outputs as the contract counts them for `compulsory` (produced or not).
     graph_outputs: tuple[str, ...]
     graph_output_bytes: int
+    # The level cannot be bypassed: every operand of every step must be resident at it.
+    resident_operands: bool = False
 
     @property
     def steps(self) -> int:
@@ -70,6 +72,21 @@ class Problem:
         return sum(t.size for t in self.tensors.values()
                    if (not t.produced and t.uses) or (t.produced and t.is_output))
 
+    def required(self) -> tuple[tuple[str, int], ...]:
+        """(tensor, step) pairs that must be resident: every non-empty operand of every step
+        when `resident_operands`, else none."""
+        if not self.resident_operands:
+            return ()
+        return tuple((name, step) for step in range(self.steps)
+                     for name in dict.fromkeys((*self.reads[step], *self.writes[step]))
+                     if self.tensors[name].size > 0)
+
+    def operand_bytes(self, step: int, alignment: int) -> int:
+        """Bytes the step's distinct non-empty operands take at once, each aligned."""
+        names = dict.fromkeys((*self.reads[step], *self.writes[step]))
+        return sum(-(-self.tensors[n].size // alignment) * alignment for n in names
+                   if self.tensors[n].size > 0)
+
     def sizes(self) -> dict[str, int]:
         """`memory.tensors`: byte size of every tensor a step touches, sorted by name.
 
@@ -80,8 +97,10 @@ class Problem:
                 if self.tensors[name].size > 0}
 
 
-def build_problem(view: GraphView, order: Sequence[str]) -> Problem:
-    """The problem of `view` executed in `order` (a topological order of all its nodes)."""
+def build_problem(view: GraphView, order: Sequence[str], resident_operands: bool = False
+                  ) -> Problem:
+    """The problem of `view` executed in `order` (a topological order of all its nodes);
+    `resident_operands` for a level operators cannot bypass."""
     reads: list[tuple[str, ...]] = []
     writes: list[tuple[str, ...]] = []
     uses: dict[str, list[int]] = {}
@@ -107,12 +126,14 @@ def build_problem(view: GraphView, order: Sequence[str]) -> Problem:
     graph_outputs = tuple(name for name in view.graph_outputs if name in view.tensors)
     return Problem(order=tuple(order), tensors=tensors, reads=tuple(reads),
                    writes=tuple(writes), graph_outputs=graph_outputs,
-                   graph_output_bytes=sum(view.tensors[n].size for n in set(graph_outputs)))
+                   graph_output_bytes=sum(view.tensors[n].size for n in set(graph_outputs)),
+                   resident_operands=resident_operands)
 
 
 def problem_from_lists(order: Sequence[str], reads: Sequence[Sequence[str]],
                        writes: Sequence[Sequence[str]], sizes: Mapping[str, int],
-                       outputs: Sequence[str] = ()) -> Problem:
+                       outputs: Sequence[str] = (), resident_operands: bool = False
+                       ) -> Problem:
     """A problem from plain per-step lists (synthetic graphs in tests and benchmarks)."""
     uses: dict[str, list[int]] = {}
     producer: dict[str, int] = {}
@@ -129,7 +150,8 @@ def problem_from_lists(order: Sequence[str], reads: Sequence[Sequence[str]],
                    reads=tuple(tuple(dict.fromkeys(r)) for r in reads),
                    writes=tuple(tuple(dict.fromkeys(w)) for w in writes),
                    graph_outputs=tuple(outputs),
-                   graph_output_bytes=sum(sizes[n] for n in set(outputs)))
+                   graph_output_bytes=sum(sizes[n] for n in set(outputs)),
+                   resident_operands=resident_operands)
 
 
 def reorder(problem: Problem, order: Sequence[str]) -> Problem:
@@ -149,7 +171,8 @@ def reorder(problem: Problem, order: Sequence[str]) -> Problem:
                for name, t in problem.tensors.items()}
     return Problem(order=tuple(order), tensors=tensors, reads=tuple(reads), writes=tuple(writes),
                    graph_outputs=problem.graph_outputs,
-                   graph_output_bytes=problem.graph_output_bytes)
+                   graph_output_bytes=problem.graph_output_bytes,
+                   resident_operands=problem.resident_operands)
 
 
 def predecessors(problem: Problem) -> dict[str, set[str]]:

@@ -20,9 +20,16 @@ def _color(name: str) -> str:
 
 def timeline_svg(memory: dict[str, Any], steps: int, width: int = 1000, height: int = 320
                  ) -> str:
-    """Residency over steps: x = step, y = scratchpad address; capacity as the top line."""
-    capacity = max(1, memory["capacity"])
+    """Residency over steps: x = step, y = scratchpad address. The axis tops out at the
+    capacity, or at twice the footprint when the plan uses under half of it (a 50 MiB L2
+    holding 600 KiB would otherwise draw as an empty box), with the capacity noted."""
     sizes = memory["tensors"]
+    used = max((r["offset"] + sizes.get(r["tensor"], 0) for r in memory["residency"]),
+               default=0)
+    capacity = max(1, memory["capacity"])
+    zoomed = 0 < 2 * used < capacity
+    if zoomed:
+        capacity = 2 * used
     pad_l, pad_r, pad_t, pad_b = 64, 10, 10, 28
     plot_w, plot_h = width - pad_l - pad_r, height - pad_t - pad_b
     steps = max(1, steps)
@@ -49,6 +56,10 @@ def timeline_svg(memory: dict[str, Any], steps: int, width: int = 1000, height: 
     for fraction in (0.0, 0.5, 1.0):
         parts.append(f"<text x='{pad_l - 4}' y='{y(capacity * fraction) + 4:.1f}' "
                      f"text-anchor='end'>{escape(format_size(capacity * fraction))}</text>")
+    if zoomed:
+        parts.append(f"<text x='{pad_l + plot_w - 6}' y='{pad_t + 16}' text-anchor='end'>"
+                     f"axis zoomed to 2 x the footprint; capacity "
+                     f"{escape(format_size(memory['capacity']))}</text>")
     parts.append(f"<text x='{pad_l}' y='{height - 8}'>step 0</text>"
                  f"<text x='{width - pad_r}' y='{height - 8}' text-anchor='end'>step "
                  f"{steps - 1}</text><text x='{pad_l + plot_w / 2}' y='{height - 8}' "

@@ -37,6 +37,9 @@ class Traffic:
     streamed_writes: int
     write_backs: int
     compulsory: int
+    # Off-chip bytes attributed to each step: streamed reads and writes of its node, loads of
+    # residencies starting there, write-backs of residencies ending there. Sums to `total`.
+    by_step: tuple[int, ...] = ()
 
     @property
     def total(self) -> int:
@@ -97,7 +100,16 @@ def problems_of(problem: Problem, residencies: Sequence[Residency], capacity: in
                     and other.offset < r.offset + size:
                 found.append(f"{r} and {other} overlap in time and address")
         active.append(r)
+    found.extend(f"{name} is not resident at step {step}, which reads or writes it (the level "
+                 "cannot be bypassed)" for name, step in uncovered(problem, residencies))
     return found
+
+
+def uncovered(problem: Problem, residencies: Sequence[Residency]) -> list[tuple[str, int]]:
+    """Required (tensor, step) pairs no residency covers (empty unless `resident_operands`)."""
+    grouped = _by_tensor(residencies)
+    return [(name, step) for name, step in problem.required()
+            if not any(r.start <= step <= r.end for r in grouped.get(name, ()))]
 
 
 def check_plan(problem: Problem, residencies: Sequence[Residency], capacity: int,
@@ -113,6 +125,7 @@ def traffic_of(problem: Problem, residencies: Sequence[Residency]) -> Traffic:
     """Off-chip bytes of a valid plan, walking the contract's four rules."""
     grouped = _by_tensor(residencies)
     loads = streamed_reads = streamed_writes = write_backs = 0
+    by_step = [0] * problem.steps
 
     def resident(name: str, step: int) -> bool:
         return any(r.start <= step <= r.end for r in grouped.get(name, ()))
@@ -121,9 +134,11 @@ def traffic_of(problem: Problem, residencies: Sequence[Residency]) -> Traffic:
         for name in problem.reads[step]:
             if not resident(name, step):
                 streamed_reads += problem.tensors[name].size
+                by_step[step] += problem.tensors[name].size
         for name in problem.writes[step]:
             if not resident(name, step):
                 streamed_writes += problem.tensors[name].size
+                by_step[step] += problem.tensors[name].size
     for name, items in grouped.items():
         tensor = problem.tensors[name]
         offchip_from = None if tensor.produced else -1  # step after which a copy exists
@@ -135,13 +150,16 @@ def traffic_of(problem: Problem, residencies: Sequence[Residency]) -> Traffic:
                 later_use = tensor.next_use(r.end) is not None
                 if later_use or index + 1 < len(items) or tensor.is_output:
                     write_backs += tensor.size
+                    by_step[r.end] += tensor.size
                     offchip_from = r.end
                 continue
             if offchip_from is None or offchip_from >= r.start:
                 raise InvalidPlanError(f"{r}: loads {name} before any off-chip copy exists")
             loads += tensor.size
+            by_step[r.start] += tensor.size
     return Traffic(loads=loads, streamed_reads=streamed_reads, streamed_writes=streamed_writes,
-                   write_backs=write_backs, compulsory=problem.compulsory())
+                   write_backs=write_backs, compulsory=problem.compulsory(),
+                   by_step=tuple(by_step))
 
 
 def footprint(problem: Problem, residencies: Sequence[Residency]) -> int:
