@@ -29,8 +29,12 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+BENCHMARKS := compile_time pass_scaling tiling_calibration tiling_optimality tiling_constraints \
+	tiling_triton_gpu arena_minimalloc arena_models memory_scratchpad moe_quality moe_scale
+
+# Every benchmark in turn; each rewrites its own section of benchmarks/RESULTS.md.
 bench: setup
-	$(BIN)/python -m benchmarks.compile_time
+	for name in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$name || exit 1; done
 
 clean:
 	rm -rf build .cache

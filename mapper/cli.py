@@ -58,13 +58,16 @@ def _print_summary(summary: dict[str, Any], seconds: float) -> None:
              f"-> {summary['output_dir']}",
              f"  nodes            {summary['nodes']} ({flops / 1e9:.3g} GFLOP)"]
     if summary.get("latency_s") is not None:
-        lines += [f"  latency          {format_time(summary['latency_s'])} (roofline estimate)",
+        lines += [f"  latency          {format_time(summary['latency_s'])} (estimate)",
                   f"  peak memory      {format_size(summary['peak_device_bytes'])}",
                   f"  off-chip traffic {format_size(summary['offchip_bytes'])}"]
-    passes = ", ".join(f"{p['name']} {p['status']} ({p['seconds']:.2f} s)"
-                       for p in summary["passes"])
-    lines += [f"  passes           {passes or '(none)'}",
-              f"  plan             {summary['files']['plan']}",
+    lines.append("  passes" + ("" if summary["passes"] else "           (none)"))
+    for record in summary["passes"]:
+        # The first note is each pass's one-line verdict (what it decided vs its baselines).
+        note = record["notes"][0] if record.get("notes") else ""
+        lines.append(f"    {record['name']:<9} {record['status']:<8} {record['seconds']:6.2f} s"
+                     f"  {note}".rstrip())
+    lines += [f"  plan             {summary['files']['plan']}",
               f"  report           {summary['files']['report']}"]
     click.echo("\n".join(lines))
 
@@ -81,43 +84,75 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+_PLAN_OPTIONS = (
+    click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+                 help="Override a hardware field, e.g. memory.l2.size=80MiB (repeatable)."),
+    click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+                 help="Static shape of an input with dynamic dims (repeatable)."),
+    click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
+                 help="Value of a named dynamic dim (repeatable)."),
+    click.option("--scratchpad", metavar="SIZE", help="Capacity of the managed on-chip level."),
+    click.option("--passes", "passes", metavar="A,B", help="Run only these passes."),
+    click.option("--skip", "skip", metavar="A,B", help="Do not run these passes."),
+    click.option("--precision", type=click.Choice(["model", "fp32", "tf32", "fp16", "bf16",
+                                                   "fp8", "int8"]),
+                 default="model", show_default=True,
+                 help="dtype assumed for matrix ops in the estimate."),
+    click.option("--calib", type=click.Path(path_type=Path),
+                 help="Calibration inputs .npz (one array per input, samples stacked first)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Solver seed."),
+    click.option("--time-limit", type=float, default=30.0, show_default=True,
+                 help="Solver budget per pass, seconds."),
+    click.option("--devices", type=click.IntRange(min=1),
+                 help="MoE: devices to place the experts on (the moe pass runs for N > 1)."),
+    click.option("--devices-per-node", type=click.IntRange(min=1),
+                 help="MoE: devices per node (default: the hardware's interconnect)."),
+    click.option("--trace", type=click.Path(path_type=Path),
+                 help="MoE: routing trace .npz, routes[layers, tokens, k] (default: collected "
+                 "in onnxruntime)."),
+    click.option("--trace-layout", type=click.Choice(["layers-first", "tokens-first"]),
+                 default="layers-first", show_default=True,
+                 help="MoE: tokens-first reads routes[tokens, layers, k] (serving engines)."),
+    click.option("--memory-objective", type=click.Choice(["offchip", "peak"]),
+                 default="offchip", show_default=True,
+                 help="Memory pass: minimize off-chip bytes, or the same bytes at the lowest "
+                 "scratchpad footprint."),
+    click.option("--no-order-search", is_flag=True,
+                 help="Memory pass: keep the incoming operator order (no order search)."),
+)
+
+
+def _plan_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `compile` and `study` share (everything that shapes a plan)."""
+    for option in reversed(_PLAN_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _compile_options(overrides: tuple[str, ...], input_shapes: tuple[str, ...],
+                     dims: tuple[str, ...], scratchpad: str | None, passes: str | None,
+                     skip: str | None, precision: str, calib: Path | None, seed: int,
+                     time_limit: float, devices: int | None, devices_per_node: int | None,
+                     trace: Path | None, trace_layout: str, memory_objective: str,
+                     no_order_search: bool) -> CompileOptions:
+    """The CompileOptions the shared flags describe (the same object the Python API takes)."""
+    return _options(
+        input_shapes=_shapes(input_shapes), dims=_dims(dims), hardware_overrides=overrides,
+        scratchpad=parse_size(scratchpad) if scratchpad is not None else None,
+        passes=_names(passes), skip=_names(skip) or (), calib=calib, seed=seed,
+        time_limit_s=time_limit,
+        estimate=EstimateConfig(precision=precision),  # type: ignore[arg-type]
+        moe={"devices": devices, "devices_per_node": devices_per_node, "trace": trace,
+             "trace_layout": trace_layout},
+        memory={"objective": memory_objective, "search_order": not no_order_search})
+
+
 @cli.command("compile")
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
 @click.option("--hw", "hardware", required=True, help="Built-in hardware name or a YAML file.")
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
               help="Output directory (written atomically).")
-@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
-              help="Override a hardware field, e.g. memory.l2.size=80MiB (repeatable).")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
-              help="Static shape of an input with dynamic dims (repeatable).")
-@click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
-              help="Value of a named dynamic dim (repeatable).")
-@click.option("--scratchpad", metavar="SIZE", help="Capacity of the managed on-chip level.")
-@click.option("--passes", "passes", metavar="A,B", help="Run only these passes.")
-@click.option("--skip", "skip", metavar="A,B", help="Do not run these passes.")
-@click.option("--precision", type=click.Choice(["model", "fp32", "tf32", "fp16", "bf16", "fp8",
-                                                "int8"]), default="model", show_default=True,
-              help="dtype assumed for matrix ops in the estimate.")
-@click.option("--calib", type=click.Path(path_type=Path),
-              help="Calibration inputs .npz (one array per input, samples stacked first).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Solver seed.")
-@click.option("--time-limit", type=float, default=30.0, show_default=True,
-              help="Solver budget per pass, seconds.")
-@click.option("--devices", type=click.IntRange(min=1),
-              help="MoE: devices to place the experts on (the moe pass runs for N > 1).")
-@click.option("--devices-per-node", type=click.IntRange(min=1),
-              help="MoE: devices per node (default: the hardware's interconnect).")
-@click.option("--trace", type=click.Path(path_type=Path),
-              help="MoE: routing trace .npz, routes[layers, tokens, k] (default: collected "
-              "in onnxruntime).")
-@click.option("--trace-layout", type=click.Choice(["layers-first", "tokens-first"]),
-              default="layers-first", show_default=True,
-              help="MoE: tokens-first reads routes[tokens, layers, k] (serving engines).")
-@click.option("--memory-objective", type=click.Choice(["offchip", "peak"]), default="offchip",
-              show_default=True, help="Memory pass: minimize off-chip bytes, or the same "
-              "bytes at the lowest scratchpad footprint.")
-@click.option("--no-order-search", is_flag=True,
-              help="Memory pass: keep the incoming operator order (no order search).")
+@_plan_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def compile_command(model: Path, hardware: str, output: Path, overrides: tuple[str, ...],
                     input_shapes: tuple[str, ...], dims: tuple[str, ...], scratchpad: str | None,
@@ -131,21 +166,73 @@ def compile_command(model: Path, hardware: str, output: Path, overrides: tuple[s
 
     from mapper.driver import compile_model
 
-    options = _options(
-        input_shapes=_shapes(input_shapes), dims=_dims(dims), hardware_overrides=overrides,
-        scratchpad=parse_size(scratchpad) if scratchpad is not None else None,
-        passes=_names(passes), skip=_names(skip) or (), calib=calib, seed=seed,
-        time_limit_s=time_limit,
-        estimate=EstimateConfig(precision=precision),  # type: ignore[arg-type]
-        moe={"devices": devices, "devices_per_node": devices_per_node, "trace": trace,
-             "trace_layout": trace_layout},
-        memory={"objective": memory_objective, "search_order": not no_order_search})
+    options = _compile_options(overrides, input_shapes, dims, scratchpad, passes, skip,
+                               precision, calib, seed, time_limit, devices, devices_per_node,
+                               trace, trace_layout, memory_objective, no_order_search)
     started = time.perf_counter()
     result = compile_model(model, hardware, output, options)
     if as_json:
         _emit_json(result.summary)
     else:
         _print_summary(result.summary, time.perf_counter() - started)
+
+
+@cli.command("study")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
+@click.option("--hw", "hardware", required=True, metavar="A,B",
+              help="Hardware models to compare: built-in names or YAML files, comma-separated.")
+@click.option("--sweep", "sweeps", multiple=True, metavar="PATH=V1,V2",
+              help="Hardware field and the values to try, e.g. memory.l2.size=20MiB,40MiB; "
+              "'scratchpad=...' sets each device's managed level. Repeatable: every "
+              "combination is planned.")
+@_plan_options
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the table as CSV to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the study as one JSON object.")
+def study_command(model: Path, hardware: str, sweeps: tuple[str, ...],
+                  overrides: tuple[str, ...], input_shapes: tuple[str, ...],
+                  dims: tuple[str, ...], scratchpad: str | None, passes: str | None,
+                  skip: str | None, precision: str, calib: Path | None, seed: int,
+                  time_limit: float, devices: int | None, devices_per_node: int | None,
+                  trace: Path | None, trace_layout: str, memory_objective: str,
+                  no_order_search: bool, csv_path: Path | None, as_json: bool) -> None:
+    """Plan MODEL for several hardware models and field sweeps; tabulate the estimates."""
+    from mapper.emit import write_file_atomically
+    from mapper.study import parse_sweep, points_csv, run_study
+
+    options = _compile_options(overrides, input_shapes, dims, scratchpad, passes, skip,
+                               precision, calib, seed, time_limit, devices, devices_per_node,
+                               trace, trace_layout, memory_objective, no_order_search)
+    parsed = [parse_sweep(text) for text in sweeps]
+    points = run_study(model, [h.strip() for h in hardware.split(",") if h.strip()], parsed,
+                       options)
+    if csv_path is not None:
+        write_file_atomically(csv_path, points_csv(points))
+    if as_json:
+        _emit_json({"model": str(model), "sweeps": {s.path: list(s.values) for s in parsed},
+                    "points": [p.to_dict() for p in points]})
+        return
+    fields = [s.path for s in parsed]
+    header = ["HARDWARE", *(f.upper() for f in fields), "LATENCY", "OFF-CHIP", "PEAK MEMORY",
+              "MANAGED LEVEL", "NOT OK"]
+    rows = [header]
+    for p in points:
+        settings = dict(p.settings)
+        not_ok = [f"{name}:{status}" for name, status in p.passes
+                  if status not in ("ok", "skipped")]
+        rows.append([p.hardware, *(settings[f] for f in fields),
+                     format_time(p.latency_s) if p.latency_s is not None else "-",
+                     format_size(p.offchip_bytes) if p.offchip_bytes is not None else "-",
+                     format_size(p.peak_device_bytes) if p.peak_device_bytes is not None
+                     else "-",
+                     format_size(p.scratchpad_bytes) if p.scratchpad_bytes else "-",
+                     " ".join(not_ok) or "-"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                   .rstrip())
+    if csv_path is not None:
+        click.echo(f"csv: {csv_path}")
 
 
 @cli.command("verify")

@@ -22,7 +22,7 @@ from mapper.passes.estimate import EstimatePass
 from mapper.passes.memory import MemoryPass
 from mapper.passes.moe import MoePass
 from mapper.passes.tiling import TilingPass
-from mapper.pipeline import InternalError, Pass, PassContext, run_pipeline
+from mapper.pipeline import InternalError, Pass, PassContext, PipelineOutcome, run_pipeline
 from mapper.plan import build_plan, dumps
 from mapper.report import render_report
 
@@ -79,8 +79,8 @@ def _summary(plan: dict[str, Any], output_dir: Path, view: GraphView) -> dict[st
         "latency_s": estimate.get("latency_s"),
         "offchip_bytes": estimate.get("offchip_bytes"),
         "peak_device_bytes": estimate.get("peak_device_bytes"),
-        "passes": [{"name": p["name"], "status": p["status"], "seconds": p["seconds"]}
-                   for p in plan["passes"]],
+        "passes": [{"name": p["name"], "status": p["status"], "seconds": p["seconds"],
+                    "notes": p["notes"]} for p in plan["passes"]],
         "files": {"model": str(output_dir / "model.onnx"), "plan": str(output_dir / "plan.json"),
                   "report": str(output_dir / "report.html")},
     }
@@ -115,6 +115,16 @@ def _write_outputs(tmp: Path, model: ModelProto, plan: dict[str, Any]) -> None:
     (tmp / "report.html").write_text(render_report(plan))
 
 
+def plan_loaded(loaded: LoadedModel, hardware: Hardware, options: CompileOptions,
+                model_path: str) -> tuple[dict[str, Any], PipelineOutcome]:
+    """Run the pipeline on an already loaded model; the plan and the pipeline's outcome."""
+    view = GraphView.from_model(loaded.model)
+    context = PassContext(model=loaded.model, view=view, hardware=hardware, options=options,
+                          order=view.model_order)
+    outcome = run_pipeline(PIPELINE, context)
+    return build_plan(loaded, hardware, outcome, model_path), outcome
+
+
 def compile_model(model_path: str | Path, hardware: str, output_dir: str | Path,
                   options: CompileOptions | None = None) -> CompileResult:
     """Compile `model_path` for `hardware` into `output_dir` (model.onnx, plan.json, report)."""
@@ -123,12 +133,8 @@ def compile_model(model_path: str | Path, hardware: str, output_dir: str | Path,
     calibration = load_calibration(options.calib) if options.calib is not None else None
     loaded: LoadedModel = load_model(model_path, ShapeSpec(options.input_shapes, options.dims),
                                      first_sample(calibration) if calibration else None)
-    view = GraphView.from_model(loaded.model)
-    context = PassContext(model=loaded.model, view=view, hardware=hw, options=options,
-                          order=view.model_order)
-    outcome = run_pipeline(PIPELINE, context)
+    plan, outcome = plan_loaded(loaded, hw, options, str(model_path))
     model = _reorder(outcome.model, outcome.order)
-    plan = build_plan(loaded, hw, outcome, str(model_path))
     out = Path(output_dir)
     write_atomically(out, lambda tmp: _write_outputs(tmp, model, plan))
     return CompileResult(output_dir=out, plan=plan, summary=_summary(plan, out, outcome.view))

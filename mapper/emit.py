@@ -50,3 +50,18 @@ def write_atomically(out_dir: Path, write: Callable[[Path], None]) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_file_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file beside it, so no half file is left."""
+    path = path.absolute()
+    if path.is_dir():
+        raise UserError(f"output path {str(path)!r} is a directory; name a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.tmp-",
+                                         delete=False) as handle:
+            handle.write(text)
+        Path(handle.name).replace(path)
+    except OSError as error:
+        raise UserError(f"cannot write {str(path)!r}: {error.strerror}") from None

@@ -135,6 +135,10 @@ def select_passes(pipeline: Sequence[Pass], options: CompileOptions) -> list[Pas
         if name not in known:
             raise UserError(f"unknown pass {name!r} in --passes/--skip; the passes are: "
                             f"{', '.join(known)}")
+    if options.compress is not None and options.compress not in known:
+        # Asked for a lossy pass this build does not have: never compile without it silently.
+        raise UserError(f"compression pass {options.compress!r} is not available in this "
+                        f"version of mapper (its passes: {', '.join(known)})")
     chosen = []
     for candidate in pipeline:
         if options.passes is not None:

@@ -95,6 +95,9 @@ def test_lossy_passes_only_on_request_and_unknown_names_rejected():
         ["gqsa"]
     with pytest.raises(UserError, match="unknown pass 'tiling'"):
         select_passes(pipeline, CompileOptions(passes=("tiling",)))
+    # A lossy pass this pipeline lacks is an error, not a compile without it.
+    with pytest.raises(UserError, match="'lqlora' is not available"):
+        select_passes(pipeline, CompileOptions(compress="lqlora"))
 
 
 def test_skipped_pass_is_recorded_with_its_reason(context):

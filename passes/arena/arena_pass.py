@@ -9,6 +9,7 @@ from mapper.graph import GraphView
 from mapper.passes.arena.problem import Buffer
 from mapper.passes.arena.solve import ArenaResult, minimize_arena
 from mapper.pipeline import Pass, PassContext, PassResult, SolverRecord
+from mapper.units import format_size
 
 
 def activation_buffers(view: GraphView, order: Sequence[str]) -> list[Buffer]:
@@ -57,7 +58,9 @@ class ArenaPass(Pass):
         limit = config.time_limit_s or context.options.time_limit_s
         result = minimize_arena(buffers, limit, seed, config.method)
         gap = result.size / result.lower_bound - 1 if result.lower_bound else 0.0
-        notes = [f"arena {result.size} bytes for {len(buffers)} activations: "
+        notes = [f"{format_size(result.size)} for {len(buffers)} activations, {gap:.2%} over "
+                 f"the lower bound (greedy-by-size {format_size(result.greedy_by_size)})",
+                 f"arena {result.size} bytes for {len(buffers)} activations: "
                  f"{gap:.2%} over the lower bound {result.lower_bound}, greedy-by-size "
                  f"{result.greedy_by_size} ({result.method}, {result.nodes} search nodes)"]
         if result.timed_out:

@@ -95,14 +95,14 @@ class MoePass(Pass):
             entry["topk"] = layer.topk
         result = placed.result
         metrics = section["metrics"]
-        notes = (f"{len(layers)} MoE layers x {first.num_experts} experts (top-{first.top_k}) on "
-                 f"{devices} devices, {per_node} per node; trace: {trace.source}, "
-                 f"{trace.tokens} tokens",
-                 f"cross-device transitions {metrics['cross_device_fraction']:.3f} (contiguous "
+        notes = (f"cross-device transitions {metrics['cross_device_fraction']:.3f} (contiguous "
                  f"{metrics['baselines']['contiguous']['cross_device_fraction']:.3f}, "
                  f"round-robin {metrics['baselines']['round_robin']['cross_device_fraction']:.3f})"
                  f", load max/mean {metrics['load_max_over_mean']:.3f} (EPLB "
                  f"{metrics['baselines']['eplb']['load_max_over_mean']:.3f})",
+                 f"{len(layers)} MoE layers x {first.num_experts} experts (top-{first.top_k}) on "
+                 f"{devices} devices, {per_node} per node; trace: {trace.source}, "
+                 f"{trace.tokens} tokens",
                  *result.notes)
         return PassResult(
             status="fallback" if result.fallback else "ok", sections={"moe": section},

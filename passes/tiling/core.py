@@ -235,7 +235,9 @@ class TilingPass(Pass):
         heuristic = "fallback" in statuses
         status = ("OPTIMAL" if statuses and all(s == "OPTIMAL" for s in statuses)
                   else "UNKNOWN" if heuristic else "FEASIBLE")
-        notes.insert(0, f"{len(records)} kernels, {len(solver.cache)} unique problems solved")
+        fallbacks = sum(1 for r in records if r["fallback"])
+        notes.insert(0, f"{len(records)} kernels, {len(solver.cache)} unique problems solved, "
+                     f"{status}" + (f"; {fallbacks} in a substitute dtype" if fallbacks else ""))
         return PassResult(
             status="fallback" if heuristic else "ok", sections={"kernels": records},
             solver=SolverRecord("cp-sat", status, objective, bound, options.seed),
