@@ -121,7 +121,7 @@ def main() -> None:
             "(tiling's cost is the unique GEMM shapes, not the node count; the memory pass "
             "switches to windows of 1,000 steps past 1,000 nodes; the arena search and the "
             "estimate grow about linearly). These stacks are chains: branchy graphs give the "
-            "memory pass's CP-SAT and order search more to do (ResNet-50 at 1 MiB: 6.5 s, in "
+            "memory pass's CP-SAT and order search more to do (model-zoo ResNet-50 at 1 MiB: 3.5 s, in "
             "the memory section). What grows is `load+emit`, and it follows the weight bytes "
             "more than the node count: protobuf parsing and serialization, the sha256 of the "
             "input, the ONNX checker and onnxruntime's load check each pass over every byte.\n\n"
