@@ -29,6 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PASSES = ("moe", "tiling", "memory", "arena", "estimate")
+READING = (
+    "Reading: the passes together stay under half a second up to 2,000 nodes (tiling's cost "
+    "is the unique GEMM shapes, not the node count; the memory pass switches to windows of "
+    "1,000 steps past 1,000 nodes; the arena search and the estimate grow about linearly). "
+    "These stacks are chains: branchy graphs give the memory pass's CP-SAT and order search "
+    "more to do (model-zoo ResNet-50 at 1 MiB: 3.5 s, in the memory section). What grows is "
+    "`load+emit`, and it follows the weight bytes more than the node count: protobuf parsing "
+    "and serialization, the sha256 of the input, the ONNX checker and onnxruntime's load "
+    "check each pass over every byte.")
 STAGES = (32, 64, 128, 256)
 
 
@@ -117,14 +126,7 @@ def main() -> None:
             "shape inference, graph view, writing and checking model.onnx).\n\n"
             f"| nodes | weights MB | hardware | {' | '.join(PASSES)} | load+emit | total |\n"
             "|---:|---:|---|" + "---:|" * (len(PASSES) + 2) + "\n" + "\n".join(rows)
-            + "\n\nReading: the passes together stay under half a second up to 2,000 nodes "
-            "(tiling's cost is the unique GEMM shapes, not the node count; the memory pass "
-            "switches to windows of 1,000 steps past 1,000 nodes; the arena search and the "
-            "estimate grow about linearly). These stacks are chains: branchy graphs give the "
-            "memory pass's CP-SAT and order search more to do (model-zoo ResNet-50 at 1 MiB: 3.5 s, in "
-            "the memory section). What grows is `load+emit`, and it follows the weight bytes "
-            "more than the node count: protobuf parsing and serialization, the sha256 of the "
-            "input, the ONNX checker and onnxruntime's load check each pass over every byte.\n\n"
+            + "\n\n" + READING + "\n\n"
             "Reproduce: `.venv/bin/python -m benchmarks.pass_scaling`")
     update_section("pass-scaling", "Cost of each pass as the graph grows", body)
 
