@@ -39,7 +39,7 @@ from mapper.passes.memory.problem import (  # noqa: E402
     Problem,
     build_problem,
     largest_operator_bytes,
-    problem_from_lists,
+    repeated,
     zero_traffic_peak,
 )
 from mapper.passes.memory.solver import Budget  # noqa: E402
@@ -181,18 +181,6 @@ def _pass_time(view: GraphView, capacity: int, runs: int) -> tuple[float, str]:
         assert result.solver is not None
         status = result.solver.status
     return statistics.median(times), status
-
-
-def repeated(problem: Problem, times: int) -> Problem:
-    """`times` copies of a graph one after another (a 2,000-node-class graph)."""
-    order, reads, writes, sizes, outputs = [], [], [], {}, []
-    for copy in range(times):
-        order += [f"{copy}/{name}" for name in problem.order]
-        reads += [[f"{copy}/{t}" for t in step] for step in problem.reads]
-        writes += [[f"{copy}/{t}" for t in step] for step in problem.writes]
-        sizes.update({f"{copy}/{name}": t.size for name, t in problem.tensors.items()})
-        outputs += [f"{copy}/{name}" for name in problem.graph_outputs]
-    return problem_from_lists(order, reads, writes, sizes, outputs)
 
 
 def main() -> None:

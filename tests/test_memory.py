@@ -3,6 +3,7 @@ order search, the peak objective and the pass wired into compile."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -25,6 +26,7 @@ from mapper.passes.memory.problem import (
     predecessors,
     problem_from_lists,
     reorder,
+    repeated,
 )
 from mapper.passes.memory.solver import Budget
 from mapper.passes.memory.traffic import (
@@ -71,22 +73,26 @@ def random_problem(seed: int, steps: int, sizes: tuple[int, ...]) -> Problem:
     return problem_from_lists(order, reads, writes, size, outputs=[made[-1]])
 
 
-def _residency_sets(problem: Problem, name: str) -> list[list[tuple[int, int]]]:
-    """Every set of disjoint spans with ends on the tensor's touches (candidate form)."""
+def _residency_sets(problem: Problem, name: str, most: int) -> list[list[tuple[int, int]]]:
+    """Every set of up to `most` disjoint spans with ends on the tensor's touches (candidate
+    form); on a level that cannot be bypassed, only sets holding it at every touch."""
     tensor = problem.tensors[name]
     points = sorted({*tensor.uses, *([tensor.producer] if tensor.produced else [])})
     spans = [(a, b) for a in points for b in points if a <= b]
     found: list[list[tuple[int, int]]] = [[]]
-    for count in (1, 2):
+    for count in range(1, most + 1):
         for combo in itertools.combinations(spans, count):
             ordered = sorted(combo)
             if all(x[1] < y[0] for x, y in itertools.pairwise(ordered)):
                 found.append(ordered)
+    if problem.resident_operands:
+        found = [s for s in found if all(any(a <= p <= b for a, b in s) for p in points)]
     return found
 
 
-def brute_force(problem: Problem, capacity_units: int) -> int:
-    """The least traffic over all candidate-form plans of 64-byte tensors (exhaustive).
+def brute_force(problem: Problem, capacity_units: int, most: int = 2) -> int:
+    """The least traffic over all candidate-form plans of 64-byte tensors (exhaustive), with
+    up to `most` residencies per tensor.
 
     The contract's rules are per tensor, so a plan's traffic is stream_all plus each
     tensor's own change; unit boxes of an interval graph pack whenever no step holds more
@@ -94,13 +100,14 @@ def brute_force(problem: Problem, capacity_units: int) -> int:
     """
     names = sorted(problem.tensors)
     stream = traffic_of(problem, []).total
+    single = dataclasses.replace(problem, resident_operands=False)  # one tensor at a time
     options = []
     for name in names:
         found = []
-        for spans in _residency_sets(problem, name):
+        for spans in _residency_sets(problem, name, most):
             plan = [Residency(a, b, name, 0) for a, b in spans]
             try:
-                check_plan(problem, plan, 64, 64)
+                check_plan(single, plan, 64, 64)
             except InvalidPlanError:
                 continue
             load = [0] * problem.steps
@@ -218,18 +225,6 @@ def chain_of_blocks(blocks: int) -> Problem:
         writes.append([out])
         current = out
     return problem_from_lists(order, reads, writes, size, outputs=[current])
-
-
-def repeated(problem: Problem, times: int) -> Problem:
-    """`times` copies of a graph one after another (tensors and nodes renamed per copy)."""
-    order, reads, writes, sizes, outputs = [], [], [], {}, []
-    for copy in range(times):
-        order += [f"{copy}/{name}" for name in problem.order]
-        reads += [[f"{copy}/{t}" for t in step] for step in problem.reads]
-        writes += [[f"{copy}/{t}" for t in step] for step in problem.writes]
-        sizes.update({f"{copy}/{name}": t.size for name, t in problem.tensors.items()})
-        outputs += [f"{copy}/{name}" for name in problem.graph_outputs]
-    return problem_from_lists(order, reads, writes, sizes, outputs)
 
 
 @pytest.fixture(scope="module")

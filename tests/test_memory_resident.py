@@ -4,7 +4,6 @@ resident while its node runs, and an operator whose operands cannot fit is infea
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 
 import pytest
@@ -15,7 +14,6 @@ from mapper.passes.memory.planner import baseline_plan, solve_order
 from mapper.passes.memory.problem import Problem, problem_from_lists
 from mapper.passes.memory.solver import Budget
 from mapper.passes.memory.traffic import (
-    InvalidPlanError,
     Residency,
     check_plan,
     traffic_of,
@@ -23,53 +21,12 @@ from mapper.passes.memory.traffic import (
 )
 from mapper.verify_plan import check_plan as verify_plan_dict
 from tests.conftest import run_mapper
-from tests.test_memory import KIB, contract_total, random_problem
+from tests.test_memory import KIB, brute_force, contract_total, random_problem
 
 
 def resident(problem: Problem) -> Problem:
     """The same problem on a level that cannot be bypassed."""
     return dataclasses.replace(problem, resident_operands=True)
-
-
-def brute_force_resident(problem: Problem, capacity_units: int) -> int:
-    """The least traffic over plans of 64-byte tensors whose residencies (up to three per
-    tensor, ends on its touches) hold every operand at its step (exhaustive)."""
-    stream = traffic_of(problem, []).total
-    options = []
-    for name in sorted(problem.tensors):
-        tensor = problem.tensors[name]
-        touches = sorted({*tensor.uses, *([tensor.producer] if tensor.produced else [])})
-        spans = [(a, b) for a in touches for b in touches if a <= b]
-        found = []
-        for count in (1, 2, 3):
-            for combo in itertools.combinations(spans, count):
-                ordered = sorted(combo)
-                if not all(x[1] < y[0] for x, y in itertools.pairwise(ordered)):
-                    continue
-                if not all(any(a <= t <= b for a, b in ordered) for t in touches):
-                    continue
-                plan = [Residency(a, b, name, 0) for a, b in ordered]
-                try:
-                    check_plan(dataclasses.replace(problem, resident_operands=False), plan,
-                               64, 64)
-                except InvalidPlanError:
-                    continue
-                load = [0] * problem.steps
-                for a, b in ordered:
-                    for step in range(a, b + 1):
-                        load[step] += 1
-                found.append((traffic_of(problem, plan).total - stream, load))
-        options.append(found)
-    best = None
-    for choice in itertools.product(*options):
-        cost = stream + sum(delta for delta, _ in choice)
-        if best is not None and cost >= best:
-            continue
-        if all(sum(load[s] for _, load in choice) <= capacity_units
-               for s in range(problem.steps)):
-            best = cost
-    assert best is not None
-    return best
 
 
 def _fits(problem: Problem, capacity: int) -> bool:
@@ -85,7 +42,7 @@ def test_optimal_resident_plan_matches_brute_force(seed):
         plan = solve_order(problem, units * 64, 64, Budget.starting_now(10), 0, span_limit=10)
         assert uncovered(problem, plan.residencies) == []
         assert plan.traffic.total == contract_total(problem, plan.residencies, units * 64)
-        assert plan.traffic.total == brute_force_resident(problem, units), (seed, units)
+        assert plan.traffic.total == brute_force(problem, units, most=3), (seed, units)
         assert plan.status == "OPTIMAL"
 
 

@@ -154,6 +154,24 @@ def problem_from_lists(order: Sequence[str], reads: Sequence[Sequence[str]],
                    resident_operands=resident_operands)
 
 
+def repeated(problem: Problem, times: int) -> Problem:
+    """`times` copies of a graph one after another, nodes and tensors renamed per copy (how
+    tests and benchmarks make 2,000-node problems from real ones)."""
+    order: list[str] = []
+    reads: list[list[str]] = []
+    writes: list[list[str]] = []
+    sizes: dict[str, int] = {}
+    outputs: list[str] = []
+    for copy in range(times):
+        order += [f"{copy}/{name}" for name in problem.order]
+        reads += [[f"{copy}/{t}" for t in step] for step in problem.reads]
+        writes += [[f"{copy}/{t}" for t in step] for step in problem.writes]
+        sizes.update({f"{copy}/{name}": t.size for name, t in problem.tensors.items()})
+        outputs += [f"{copy}/{name}" for name in problem.graph_outputs]
+    return problem_from_lists(order, reads, writes, sizes, outputs,
+                              resident_operands=problem.resident_operands)
+
+
 def reorder(problem: Problem, order: Sequence[str]) -> Problem:
     """The same graph executed in another (topological) order."""
     index = {name: step for step, name in enumerate(problem.order)}
