@@ -30,7 +30,8 @@ lint: setup
 	$(BIN)/ruff check .
 
 BENCHMARKS := compile_time pass_scaling tiling_calibration tiling_optimality tiling_constraints \
-	tiling_triton_gpu arena_minimalloc arena_models memory_scratchpad moe_quality moe_scale
+	tiling_triton_gpu arena_minimalloc arena_models memory_scratchpad memory_resident \
+	moe_quality moe_scale
 
 # Every benchmark in turn; each rewrites its own section of benchmarks/RESULTS.md.
 bench: setup
