@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from onnx import ModelProto  # noqa: E402
+
 from benchmarks.results import update_section  # noqa: E402
 from mapper.graph import GraphView  # noqa: E402
 from mapper.loader import ShapeSpec, load_model  # noqa: E402
@@ -55,8 +57,8 @@ _SETTINGS = (MemoryConfig().window, MemoryConfig().lookahead, MemoryConfig().spa
              MemoryConfig().relative_gap)
 
 
-def load_view(name: str) -> GraphView:
-    """The graph view of a reference or corpus model, with its benchmark input shapes."""
+def load(name: str) -> tuple[ModelProto, GraphView]:
+    """A reference or corpus model as mapper loads it (benchmark input shapes), and its view."""
     import models
     from models import corpus
 
@@ -66,7 +68,29 @@ def load_view(name: str) -> GraphView:
     else:
         shapes = dict(corpus.CORPUS[name].input_shapes or {})
         loaded = load_model(corpus.fetch(name), ShapeSpec(shapes, {}), None)
-    return GraphView.from_model(loaded.model)
+    return loaded.model, GraphView.from_model(loaded.model)
+
+
+def load_view(name: str) -> GraphView:
+    """The graph view of a reference or corpus model, with its benchmark input shapes."""
+    return load(name)[1]
+
+
+def verify_plan_violations(model: ModelProto, plan: Plan, capacity: int) -> list[str]:
+    """What `mapper verify-plan` says of the plan (as plan.json would hold it) on `model`."""
+    from mapper.hwmodels.loader import load_hardware, set_managed_capacity
+    from mapper.passes.memory.pass_ import memory_section
+    from mapper.plan import PLAN_SCHEMA
+    from mapper.verify_plan import check_plan
+
+    base = baseline_plan(plan.problem, capacity, ALIGN)
+    document = {"schema": PLAN_SCHEMA, "passes": [],
+                "hardware": set_managed_capacity(load_hardware("edge-npu"),
+                                                 capacity).to_plan_dict(),
+                "schedule": {"order": list(plan.problem.order)},
+                "memory": memory_section(plan, "scratchpad", capacity, ALIGN, "offchip", base),
+                "arena": None}
+    return list(check_plan(model, document).violations)
 
 
 def independent_total(plan: Plan, capacity: int) -> int:
@@ -123,8 +147,9 @@ class Row:
 
 
 def run_case(name: str, problem: Problem, budget: str, capacity: int, limit: float,
-             search_limit: float) -> Row:
-    """Fixed-order plan, then the order search, both checked independently."""
+             search_limit: float, model: ModelProto | None = None) -> Row:
+    """Fixed-order plan, then the order search, both checked independently (and by
+    verify-plan when `model` is given)."""
     base = baseline_plan(problem, capacity, ALIGN)
     started = time.perf_counter()
     fixed = plan_order(problem, capacity, ALIGN, Budget.starting_now(limit), 0, *_SETTINGS)
@@ -139,6 +164,9 @@ def run_case(name: str, problem: Problem, budget: str, capacity: int, limit: flo
     for plan in (fixed, searched):
         assert independent_total(plan, capacity) == plan.traffic.total, (name, budget)
         assert plan.traffic.total <= base.traffic.total, (name, budget)
+        if model is not None:
+            violations = verify_plan_violations(model, plan, capacity)
+            assert not violations, (name, budget, violations[:3])
     return Row(name, problem.steps, budget, capacity, traffic_of(problem, []).total,
                base.traffic.total, base.traffic.compulsory, fixed, fixed_s, searched, search_s)
 
@@ -198,20 +226,24 @@ def main() -> None:
     rows: list[Row] = []
     views: dict[str, GraphView] = {}
     for name in args.models.split(","):
-        view = views[name] = load_view(name)
+        model, view = load(name)
+        views[name] = view
         problem = build_problem(view, view.model_order)
         m_r, m_p = largest_operator_bytes(problem), zero_traffic_peak(problem)
         budgets = [("512 KiB", 512 * KIB), ("2 MiB", 2 * MIB), ("8 MiB", 8 * MIB),
                    ("M_R", m_r), ("M_H", (m_r + m_p) // 2)]
         for label, capacity in budgets:
-            row = run_case(name, problem, label, capacity, args.time_limit, args.search_limit)
+            row = run_case(name, problem, label, capacity, args.time_limit, args.search_limit,
+                           model)
             rows.append(row)
             print(_table([row]).splitlines()[-1], flush=True)
     body = [
         "Command: `.venv/bin/python -m benchmarks.memory_scratchpad` (per case: fixed-order "
         f"solve limited to {args.time_limit:g} s, order search to {args.search_limit:g} s; "
         "seed 0; 64-byte alignment). Traffic in MB = 2^20 bytes, priced by CONTRACTS.md "
-        "section 3 and re-checked by the independent checker in tests/test_memory_checker.py. "
+        "section 3 and re-checked by the independent checker in tests/test_memory_checker.py; "
+        "both plans of every case (fixed order and after the order search) also pass "
+        "`mapper verify-plan`'s checks (mapper/verify_plan.py) against the loaded model. "
         "`plan` is the fixed-order (model order) CP-SAT plan; `gap` = (plan - proven lower "
         "bound) / plan; `order search` is the change the order search makes (never up). "
         "M_R = largest operator's inputs + outputs; M_P = least capacity with zero "
