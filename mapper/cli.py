@@ -52,6 +52,14 @@ def _options(**kwargs: Any) -> CompileOptions:
         raise UserError(f"invalid option: {details}") from None
 
 
+def _echo_columns(rows: Sequence[Sequence[str]]) -> None:
+    """Print rows (the first one the header) as left-aligned columns."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                   .rstrip())
+
+
 def _print_summary(summary: dict[str, Any], seconds: float) -> None:
     flops = summary["flops"]
     lines = [f"compiled {summary['model']} for {summary['hardware']} in {seconds:.2f} s "
@@ -227,10 +235,7 @@ def study_command(model: Path, hardware: str, sweeps: tuple[str, ...],
                      else "-",
                      format_size(p.scratchpad_bytes) if p.scratchpad_bytes else "-",
                      " ".join(not_ok) or "-"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-                   .rstrip())
+    _echo_columns(rows)
     if csv_path is not None:
         click.echo(f"csv: {csv_path}")
 
@@ -381,10 +386,7 @@ def hw_list(as_json: bool) -> None:
             f"{format_size(main.size)} {main_name}", f"{main.bandwidth / 1e9:.4g} GB/s",
             f"{managed[0]} {format_size(managed[1].size)}" if managed else "-",
             ", ".join(hw.aliases)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-                   .rstrip())
+    _echo_columns(rows)
 
 
 @hw_group.command("show")
