@@ -16,6 +16,7 @@ from mapper.passes.arena.report import arena_section
 from mapper.passes.memory.report import memory_section
 from mapper.passes.moe.report import moe_section
 from mapper.passes.tiling.report import kernels_section
+from mapper.report_parts import html_table
 from mapper.units import format_size, format_time
 
 _STYLE = """
@@ -31,15 +32,6 @@ svg text{font-size:11px;fill:#1d2329}.ok{color:#1a7f37}.fallback{color:#9a6700}
 """
 _PALETTE = ["#0969da", "#1a7f37", "#bf3989", "#9a6700", "#8250df", "#cf222e", "#1b7c83",
             "#953800", "#57606a", "#0550ae", "#116329", "#a40e26"]
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: set[int]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td class='n'>{escape(str(c))}</td>" if i in numeric
-                         else f"<td>{escape(str(c))}</td>" for i, c in enumerate(row)) + "</tr>"
-        for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _bar_chart(items: Sequence[tuple[str, float]], total: float, unit: str) -> str:
@@ -144,9 +136,9 @@ def _estimate_section(plan: dict[str, Any]) -> str:
         "overhead, run one after another.</p>"
         + _bar_chart(shown, total, "s")
         + "<h2>Roofline</h2>" + _roofline(ops, plan["hardware"])
-        + "<h2>Slowest operators</h2>" + _table(headers, rows(slowest[:25]), {3, 4, 5, 7})
+        + "<h2>Slowest operators</h2>" + html_table(headers, rows(slowest[:25]), {3, 4, 5, 7})
         + f"<details><summary>All {len(ops)} operators in schedule order</summary>"
-        + _table(headers, rows(ops), {3, 4, 5, 7}) + "</details>")
+        + html_table(headers, rows(ops), {3, 4, 5, 7}) + "</details>")
 
 
 # Each renderer takes the plan and returns its HTML (empty when its section is absent);
@@ -188,7 +180,8 @@ def render_report(plan: dict[str, Any]) -> str:
         f"<p class='muted'>mapper {escape(plan['mapper_version'])} · inputs {escape(shapes)} · "
         f"sha256 {escape(plan['model']['sha256'][:16])}…</p>"
         f"<div class='cards'>{card_html}</div>"
-        "<h2>Passes</h2>" + _table(["pass", "status", "time", "solver", "notes"], pass_rows, set())
+        "<h2>Passes</h2>"
+        + html_table(["pass", "status", "time", "solver", "notes"], pass_rows, set())
         + "<h2>Loading</h2>" + notes_html
         + "".join(render(plan) for render in SECTION_RENDERERS)
         + "</body></html>\n")

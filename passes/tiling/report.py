@@ -7,18 +7,10 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from mapper.report_parts import html_table
 from mapper.units import format_size, format_time
 
 _STYLE_NOTE = "class='muted'"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: set[int]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td class='n'>{escape(str(c))}</td>" if i in numeric
-                         else f"<td>{escape(str(c))}</td>" for i, c in enumerate(row)) + "</tr>"
-        for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _problem(record: dict[str, Any]) -> str:
@@ -81,6 +73,6 @@ def kernels_section(plan: dict[str, Any]) -> str:
         note = ("<p>* dtype fallback: " + "; ".join(escape(r) for r in reasons) + "</p>")
     numeric = {5, 6, 7, 8, 9, 11}
     return ("<h2>Kernels (tiling)</h2>" + summary + note
-            + _table(headers, rows(ranked[:25]), numeric)
+            + html_table(headers, rows(ranked[:25]), numeric)
             + f"<details><summary>All {len(kernels)} kernels in schedule order</summary>"
-            + _table(headers, rows(kernels), numeric) + "</details>")
+            + html_table(headers, rows(kernels), numeric) + "</details>")
