@@ -10,16 +10,20 @@ import numpy as np
 from mapper.errors import UserError
 
 
-def load_calibration(path: Path) -> dict[str, np.ndarray]:
-    """Read a calibration .npz; every array must have the same leading (sample) count."""
+def read_npz(path: Path, label: str) -> dict[str, np.ndarray]:
+    """Every array of a .npz file (no pickles); a user error names `label` if it cannot be."""
     if not path.is_file():
-        raise UserError(f"calibration file {str(path)!r} does not exist")
+        raise UserError(f"{label} does not exist")
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {name: np.asarray(data[name]) for name in data.files}
+            return {name: np.asarray(data[name]) for name in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UserError(f"calibration file {str(path)!r} is not a readable .npz ({error})"
-                        ) from None
+        raise UserError(f"{label} is not a readable .npz file ({error})") from None
+
+
+def load_calibration(path: Path) -> dict[str, np.ndarray]:
+    """Read a calibration .npz; every array must have the same leading (sample) count."""
+    arrays = read_npz(path, f"calibration file {str(path)!r}")
     if not arrays:
         raise UserError(f"calibration file {str(path)!r} holds no arrays: save one array per "
                         "graph input name, samples stacked on a new leading axis")

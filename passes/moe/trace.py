@@ -10,7 +10,6 @@ the graph outputs and runs the model on calibration inputs (`--calib`) or genera
 from __future__ import annotations
 
 import tempfile
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, helper
 
+from mapper.calibration import read_npz
 from mapper.errors import UserError
 from mapper.onnx_utils import np_dtype
 
@@ -93,13 +93,7 @@ def load_trace(path: Path, *, layout: TraceLayout = "layers-first",
     the largest id + 1 (which undercounts experts no token reached: say so in the file).
     """
     where = f"trace {str(path)!r}"
-    if not path.is_file():
-        raise UserError(f"{where} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: np.asarray(data[name]) for name in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UserError(f"{where} is not a readable .npz file ({error})") from None
+    arrays = read_npz(path, where)
     if "routes" not in arrays:
         raise UserError(f"{where} has no array 'routes' (found: "
                         f"{', '.join(sorted(arrays)) or 'nothing'}); save the TopK expert ids as "
