@@ -21,7 +21,7 @@ from mapper.graph import GraphView
 from mapper.hwmodels.loader import load_hardware, set_managed_capacity
 from mapper.options import CompileOptions
 from mapper.passes.memory import MemoryPass
-from mapper.passes.memory.problem import build_problem
+from mapper.passes.memory.problem import build_problem, largest_operator_bytes
 from mapper.passes.memory.traffic import Residency, uncovered
 from mapper.pipeline import PassContext
 from mapper.units import format_size
@@ -65,7 +65,7 @@ def main() -> None:
     for name in args.models.split(","):
         view = load_view(name)
         problem = build_problem(view, view.model_order, resident_operands=True)
-        floor = max(problem.operand_bytes(s, ALIGN) for s in range(problem.steps))
+        floor = largest_operator_bytes(problem, ALIGN)
         for label, capacity in (("M_R", floor), ("2 x M_R", 2 * floor), ("8 MiB", 8 * MIB)):
             try:
                 held, status, seconds = _plan(view, capacity, False, args.time_limit)

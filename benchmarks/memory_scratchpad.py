@@ -95,17 +95,9 @@ def verify_plan_violations(model: ModelProto, plan: Plan, capacity: int) -> list
 
 def independent_total(plan: Plan, capacity: int) -> int:
     """The plan's traffic by the test suite's independent checker (validity asserted)."""
-    from tests.test_memory_checker import expected_traffic
+    from tests.test_memory import contract_total
 
-    problem = plan.problem
-    reads = {n: list(problem.reads[s]) for s, n in enumerate(problem.order)}
-    writes = {n: list(problem.writes[s]) for s, n in enumerate(problem.order)}
-    sizes = {n: t.size for n, t in problem.tensors.items()}
-    inputs = {n for n, t in problem.tensors.items() if not t.produced}
-    got = expected_traffic(list(problem.order), reads, writes, sizes,
-                           set(problem.graph_outputs), inputs,
-                           [r.to_dict() for r in plan.residencies], capacity, ALIGN)
-    return got["total"]
+    return contract_total(plan.problem, plan.residencies, capacity, ALIGN)
 
 
 @dataclass(frozen=True)

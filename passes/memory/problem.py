@@ -200,10 +200,11 @@ def predecessors(problem: Problem) -> dict[str, set[str]]:
             for s, name in enumerate(problem.order)}
 
 
-def largest_operator_bytes(problem: Problem) -> int:
-    """COSMA's M_R: the most bytes one operator reads and writes (inputs + outputs)."""
-    return max((sum(problem.tensors[t].size for t in {*reads, *writes})
-                for reads, writes in zip(problem.reads, problem.writes, strict=True)), default=0)
+def largest_operator_bytes(problem: Problem, alignment: int = 1) -> int:
+    """COSMA's M_R: the most bytes one operator reads and writes (inputs + outputs), each
+    rounded up to `alignment`."""
+    return max((problem.operand_bytes(step, alignment) for step in range(problem.steps)),
+               default=0)
 
 
 def zero_traffic_peak(problem: Problem) -> int:
