@@ -165,10 +165,9 @@ def _compile_options(overrides: tuple[str, ...], input_shapes: tuple[str, ...],
 def compile_command(model: Path, hardware: str, output: Path, overrides: tuple[str, ...],
                     input_shapes: tuple[str, ...], dims: tuple[str, ...], scratchpad: str | None,
                     passes: str | None, skip: str | None, precision: str,
-                    calib: Path | None, seed: int, time_limit: float, as_json: bool,
-                    devices: int | None = None, devices_per_node: int | None = None,
-                    trace: Path | None = None, trace_layout: str = "layers-first",
-                    memory_objective: str = "offchip", no_order_search: bool = False) -> None:
+                    calib: Path | None, seed: int, time_limit: float, devices: int | None,
+                    devices_per_node: int | None, trace: Path | None, trace_layout: str,
+                    memory_objective: str, no_order_search: bool, as_json: bool) -> None:
     """Compile MODEL for a hardware model into an optimized model, plan.json and a report."""
     import time
 
