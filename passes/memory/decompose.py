@@ -50,6 +50,7 @@ def solve_windows(problem: Problem, capacity: int, alignment: int, budget: Budge
     gap_bytes = relative_gap * problem.floor() / count
     committed: dict[Candidate, int] = {}
     by_tensor: dict[str, list[Candidate]] = {}
+    required_all = problem.required()
     for index in range(count):
         low, high = index * window, min(problem.steps, (index + 1) * window)
         horizon = min(problem.steps, high + lookahead)
@@ -60,7 +61,7 @@ def solve_windows(problem: Problem, capacity: int, alignment: int, budget: Budge
         hint = _compatible(baseline_choice, set(local), boxes)
         part = budget.part((1.0 - _BOUND_SHARE) / count)
         # Operands of this window's steps that no committed residency already holds.
-        required = [(name, step) for name, step in problem.required()
+        required = [(name, step) for name, step in required_all
                     if low <= step < horizon and not any(
                         c.start <= step <= c.end for c in by_tensor.get(name, ()))]
         choice = solve_fixed_order(local, capacity, alignment, part, seed, hint=hint,

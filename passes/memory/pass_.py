@@ -5,8 +5,10 @@ keeps a new order only if it moves strictly fewer off-chip bytes; optionally a l
 the lowest footprint. Every plan is checked against the contract's rules before it leaves.
 
 Infeasibility: under the contract every tensor can stream (a read or write that is not
-resident is priced, not forbidden), so no graph is infeasible for any capacity; tensors
-larger than the scratchpad are simply streamed. The pass therefore never exits 3.
+resident is priced, not forbidden), so on a level that can be bypassed no graph is
+infeasible for any capacity; tensors larger than the scratchpad are simply streamed. Only a
+level marked `streaming: false` (every operand resident while its node runs) makes an
+operator whose inputs and outputs cannot fit together infeasible: exit 3, naming it.
 """
 
 from __future__ import annotations
