@@ -115,6 +115,13 @@ def _write_outputs(tmp: Path, model: ModelProto, plan: dict[str, Any]) -> None:
     (tmp / "report.html").write_text(render_report(plan))
 
 
+def load_for(model_path: str | Path, options: CompileOptions) -> LoadedModel:
+    """The model loaded as a compile with `options` loads it (shapes, calibration probe)."""
+    calibration = load_calibration(options.calib) if options.calib is not None else None
+    return load_model(model_path, ShapeSpec(options.input_shapes, options.dims),
+                      first_sample(calibration) if calibration else None)
+
+
 def plan_loaded(loaded: LoadedModel, hardware: Hardware, options: CompileOptions,
                 model_path: str) -> tuple[dict[str, Any], PipelineOutcome]:
     """Run the pipeline on an already loaded model; the plan and the pipeline's outcome."""
@@ -130,9 +137,7 @@ def compile_model(model_path: str | Path, hardware: str, output_dir: str | Path,
     """Compile `model_path` for `hardware` into `output_dir` (model.onnx, plan.json, report)."""
     options = options or CompileOptions()
     hw = resolve_hardware(hardware, options)
-    calibration = load_calibration(options.calib) if options.calib is not None else None
-    loaded: LoadedModel = load_model(model_path, ShapeSpec(options.input_shapes, options.dims),
-                                     first_sample(calibration) if calibration else None)
+    loaded = load_for(model_path, options)
     plan, outcome = plan_loaded(loaded, hw, options, str(model_path))
     model = _reorder(outcome.model, outcome.order)
     out = Path(output_dir)

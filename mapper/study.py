@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mapper.calibration import first_sample, load_calibration
-from mapper.driver import plan_loaded, resolve_hardware
+from mapper.driver import load_for, plan_loaded, resolve_hardware
 from mapper.errors import UserError
-from mapper.loader import ShapeSpec, load_model
 from mapper.options import CompileOptions
 from mapper.units import parse_size
 
@@ -96,9 +94,7 @@ def run_study(model_path: str | Path, hardware_specs: Sequence[str], sweeps: Seq
     # Resolve every variant before the first (slow) plan: a bad value fails at once.
     resolved = [(resolve_hardware(spec, variant), combo, variant)
                 for spec, combo, variant in variants]
-    calibration = load_calibration(options.calib) if options.calib is not None else None
-    loaded = load_model(model_path, ShapeSpec(options.input_shapes, options.dims),
-                        first_sample(calibration) if calibration else None)
+    loaded = load_for(model_path, options)
     points = []
     for hardware, combo, variant in resolved:
         plan, _ = plan_loaded(loaded, hardware, variant, str(model_path))
