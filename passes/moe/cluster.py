@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 from ortools.sat.python import cp_model
 
+from mapper.passes.moe.cpsat import balanced_assignment, read_assignment
 from mapper.passes.moe.metrics import TraceStats
 
 # Largest quadratic clustering model (pair indicators) handed to CP-SAT for one layer.
@@ -133,7 +134,6 @@ def cpsat_clusters(sim: np.ndarray, loads: np.ndarray, hint: np.ndarray, cap: in
                    runner: Runner, det: float) -> np.ndarray | None:
     """The quadratic clustering model in CP-SAT (None when too big or no solution in time)."""
     n, g = len(loads), int(hint.max()) + 1
-    per = n // g
     pairs = [(e, f) for e in range(n) for f in range(e + 1, n) if sim[e, f] > 0]
     booleans = (len(pairs) + n) * g
     if booleans > _CLUSTER_LIMIT:
@@ -142,14 +142,7 @@ def cpsat_clusters(sim: np.ndarray, loads: np.ndarray, hint: np.ndarray, cap: in
     if det < 0.05:  # too short to move past the hint: not worth building the model
         return None
     model = cp_model.CpModel()
-    x = [[model.new_bool_var("") for _ in range(g)] for _ in range(n)]
-    for e in range(n):
-        model.add_exactly_one(x[e])
-        for d in range(g):
-            model.add_hint(x[e][d], bool(hint[e] == d))
-    for d in range(g):
-        model.add(sum(x[e][d] for e in range(n)) == per)
-        model.add(sum(int(loads[e]) * x[e][d] for e in range(n)) <= cap)
+    x, _ = balanced_assignment(model, loads, g, hint, cap)
     # Clusters are interchangeable: value precedence in expert order breaks that symmetry
     # (the hint is relabelled to follow it).
     for d in range(1, g):
@@ -167,8 +160,7 @@ def cpsat_clusters(sim: np.ndarray, loads: np.ndarray, hint: np.ndarray, cap: in
     solver, status = runner.run(model, det, booleans)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
-    return np.array([next(d for d in range(g) if solver.boolean_value(x[e][d]))
-                     for e in range(n)])
+    return read_assignment(solver, x)
 
 
 def canonical_labels(labels: np.ndarray) -> np.ndarray:

@@ -66,6 +66,32 @@ class WorkBudget:
                           deadline=time.perf_counter() + share * self.wall_left())
 
 
+def balanced_assignment(model: cp_model.CpModel, loads: np.ndarray, g: int, hint: np.ndarray,
+                        cap: int | None = None
+                        ) -> tuple[list[list[cp_model.IntVar]], cp_model.IntVar | None]:
+    """x[e][d]: expert e on device (or cluster) d; each expert once, n/g per device, each
+    device's load at most `cap`, or, with no cap, at most a new variable `peak` (returned,
+    for the caller to minimize); hinted with `hint`."""
+    n, per = len(loads), len(loads) // g
+    x = [[model.new_bool_var("") for _ in range(g)] for _ in range(n)]
+    peak = model.new_int_var(0, int(loads.sum()), "peak") if cap is None else None
+    for e in range(n):
+        model.add_exactly_one(x[e])
+        for d in range(g):
+            model.add_hint(x[e][d], bool(hint[e] == d))
+    for d in range(g):
+        model.add(sum(x[e][d] for e in range(n)) == per)
+        model.add(sum(int(loads[e]) * x[e][d] for e in range(n)) <= (cap if peak is None
+                                                                      else peak))
+    return x, peak
+
+
+def read_assignment(solver: cp_model.CpSolver, x: list[list[cp_model.IntVar]]) -> np.ndarray:
+    """The device of each expert in a solved `balanced_assignment`."""
+    return np.array([next(d for d, var in enumerate(row) if solver.boolean_value(var))
+                     for row in x])
+
+
 def affordable(budget: WorkBudget, booleans: int, det: float) -> float:
     """Deterministic time (up to `det`) the budget can pay for on a model of `booleans`,
     after building and calling it; 0 when not even a short solve fits."""

@@ -47,7 +47,9 @@ from mapper.passes.moe.cpsat import (
     WALL_PER_DET,
     WorkBudget,
     affordable,
+    balanced_assignment,
     build_window,
+    read_assignment,
     read_window,
     solve,
     window_booleans,
@@ -423,26 +425,18 @@ class _Search:
 def _min_max_layer(loads: np.ndarray, g: int, hint: np.ndarray, search: _Search,
                    det: float) -> np.ndarray:
     """The layer's most balanced E/G-per-device packing CP-SAT finds (hinted with EPLB's)."""
-    n, per = len(loads), len(loads) // g
+    n = len(loads)
     det = search.det_for(n * g, det)
     if det <= 0:
         return hint
     model = cp_model.CpModel()
-    x = [[model.new_bool_var("") for _ in range(g)] for _ in range(n)]
-    peak = model.new_int_var(0, int(loads.sum()), "peak")
-    for e in range(n):
-        model.add_exactly_one(x[e])
-        for d in range(g):
-            model.add_hint(x[e][d], bool(hint[e] == d))
-    for d in range(g):
-        model.add(sum(x[e][d] for e in range(n)) == per)
-        model.add(sum(int(loads[e]) * x[e][d] for e in range(n)) <= peak)
+    x, peak = balanced_assignment(model, loads, g, hint)
+    assert peak is not None
     model.minimize(peak)
     solver, status = search.run(model, det, n * g)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return hint
-    row = np.array([next(d for d in range(g) if solver.boolean_value(x[e][d]))
-                    for e in range(n)])
+    row = read_assignment(solver, x)
     best = np.bincount(row, weights=loads, minlength=g).max()
     return row if best < np.bincount(hint, weights=loads, minlength=g).max() else hint
 
