@@ -61,6 +61,15 @@ def greedy_offsets(items: Sequence[Candidate], fixed: Sequence[Box] = ()
     return None
 
 
+def add_fixed_boxes(model: cp_model.CpModel, fixed: Sequence[Box],
+                    xs: list[cp_model.IntervalVar], ys: list[cp_model.IntervalVar]) -> None:
+    """Append the time and address intervals of boxes placed earlier (for NoOverlap2D)."""
+    for index, box in enumerate(fixed):
+        xs.append(model.new_fixed_size_interval_var(box.start, box.end - box.start + 1,
+                                                    f"fx{index}"))
+        ys.append(model.new_fixed_size_interval_var(box.offset, box.units, f"fy{index}"))
+
+
 def cpsat_offsets(items: Sequence[Candidate], fixed: Sequence[Box], budget: Budget,
                   seed: int) -> dict[Candidate, int] | None:
     """Offsets for every item by CP-SAT (a feasibility search), or None if none was found."""
@@ -72,10 +81,7 @@ def cpsat_offsets(items: Sequence[Candidate], fixed: Sequence[Box], budget: Budg
         xs.append(model.new_fixed_size_interval_var(item.start, item.end - item.start + 1,
                                                     f"x{index}"))
         ys.append(model.new_fixed_size_interval_var(offset, item.units, f"y{index}"))
-    for index, box in enumerate(fixed):
-        xs.append(model.new_fixed_size_interval_var(box.start, box.end - box.start + 1,
-                                                    f"fx{index}"))
-        ys.append(model.new_fixed_size_interval_var(box.offset, box.units, f"fy{index}"))
+    add_fixed_boxes(model, fixed, xs, ys)
     model.add_no_overlap_2d(xs, ys)
     solver = solver_for(budget, seed)
     status = run(solver, model)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from mapper.passes.memory.alloc import Box, cpsat_offsets, greedy_offsets
+from mapper.passes.memory.alloc import Box, add_fixed_boxes, cpsat_offsets, greedy_offsets
 from mapper.passes.memory.candidates import Candidate
 from mapper.passes.memory.solver import STATUS_NAMES, Budget, run, solver_for
 
@@ -155,10 +155,7 @@ def _solve_full(candidates: Sequence[Candidate], fixed: Sequence[Box], capacity_
         ys.append(model.new_optional_fixed_size_interval_var(offset, c.units, var, f"y{index}"))
         model.add_hint(var, c in hint)
         model.add_hint(offset, hint.get(c, 0))
-    for index, box in enumerate(fixed):
-        xs.append(model.new_fixed_size_interval_var(box.start, box.end - box.start + 1,
-                                                    f"fx{index}"))
-        ys.append(model.new_fixed_size_interval_var(box.offset, box.units, f"fy{index}"))
+    add_fixed_boxes(model, fixed, xs, ys)
     model.add_no_overlap_2d(xs, ys)
     objective = _objective(chosen, candidates)
     model.add(objective <= saving_bound)
