@@ -159,15 +159,20 @@ def _compile_options(overrides: tuple[str, ...], input_shapes: tuple[str, ...],
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
 @click.option("--hw", "hardware", required=True, help="Built-in hardware name or a YAML file.")
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
-              help="Output directory (written atomically).")
+              help="Output directory: new, empty, or an earlier mapper result (written "
+              "atomically).")
 @_plan_options
+@click.option("--force", is_flag=True,
+              help="Let -o add mapper's files to a non-empty directory that is not an earlier "
+              "mapper result (a file mapper did not write is never replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def compile_command(model: Path, hardware: str, output: Path, overrides: tuple[str, ...],
                     input_shapes: tuple[str, ...], dims: tuple[str, ...], scratchpad: str | None,
                     passes: str | None, skip: str | None, precision: str,
                     calib: Path | None, seed: int, time_limit: float, devices: int | None,
                     devices_per_node: int | None, trace: Path | None, trace_layout: str,
-                    memory_objective: str, no_order_search: bool, as_json: bool) -> None:
+                    memory_objective: str, no_order_search: bool, force: bool,
+                    as_json: bool) -> None:
     """Compile MODEL for a hardware model into an optimized model, plan.json and a report."""
     import time
 
@@ -177,7 +182,7 @@ def compile_command(model: Path, hardware: str, output: Path, overrides: tuple[s
                                precision, calib, seed, time_limit, devices, devices_per_node,
                                trace, trace_layout, memory_objective, no_order_search)
     started = time.perf_counter()
-    result = compile_model(model, hardware, output, options)
+    result = compile_model(model, hardware, output, options, force=force)
     if as_json:
         _emit_json(result.summary)
     else:
@@ -195,6 +200,12 @@ def compile_command(model: Path, hardware: str, output: Path, overrides: tuple[s
 @_plan_options
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the table as CSV to this file.")
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path),
+              help="Write results.csv and results.jsonl into this directory: new, empty, or an "
+              "earlier mapper result.")
+@click.option("--force", is_flag=True,
+              help="Let -o/--csv write where something that is not an earlier mapper result "
+              "is (a file mapper did not write is never replaced in a directory).")
 @click.option("--json", "as_json", is_flag=True, help="Print the study as one JSON object.")
 def study_command(model: Path, hardware: str, sweeps: tuple[str, ...],
                   overrides: tuple[str, ...], input_shapes: tuple[str, ...],
@@ -202,10 +213,23 @@ def study_command(model: Path, hardware: str, sweeps: tuple[str, ...],
                   skip: str | None, precision: str, calib: Path | None, seed: int,
                   time_limit: float, devices: int | None, devices_per_node: int | None,
                   trace: Path | None, trace_layout: str, memory_objective: str,
-                  no_order_search: bool, csv_path: Path | None, as_json: bool) -> None:
+                  no_order_search: bool, csv_path: Path | None, output: Path | None,
+                  force: bool, as_json: bool) -> None:
     """Plan MODEL for several hardware models and field sweeps; tabulate the estimates."""
-    from mapper.emit import write_file_atomically
-    from mapper.study import parse_sweep, points_csv, run_study
+    from mapper.outputs import (
+        check_output_dir,
+        check_output_file,
+        first_line_is,
+        write_output_dir,
+        write_output_file,
+    )
+    from mapper.study import parse_sweep, points_csv, points_jsonl, run_study
+
+    study_csv = first_line_is("hardware,")
+    if csv_path is not None:
+        check_output_file(csv_path, force=force, ours=study_csv, what="CSV")
+    if output is not None:
+        check_output_dir(output, force)
 
     options = _compile_options(overrides, input_shapes, dims, scratchpad, passes, skip,
                                precision, calib, seed, time_limit, devices, devices_per_node,
@@ -214,7 +238,13 @@ def study_command(model: Path, hardware: str, sweeps: tuple[str, ...],
     points = run_study(model, [h.strip() for h in hardware.split(",") if h.strip()], parsed,
                        options)
     if csv_path is not None:
-        write_file_atomically(csv_path, points_csv(points))
+        write_output_file(csv_path, points_csv(points), force=force, ours=study_csv, what="CSV")
+    if output is not None:
+        def write_results(tmp: Path) -> None:
+            (tmp / "results.csv").write_text(points_csv(points))
+            (tmp / "results.jsonl").write_text(points_jsonl(points))
+
+        write_output_dir(output, write_results, force=force)
     if as_json:
         _emit_json({"model": str(model), "sweeps": {s.path: list(s.values) for s in parsed},
                     "points": [p.to_dict() for p in points]})
@@ -237,6 +267,8 @@ def study_command(model: Path, hardware: str, sweeps: tuple[str, ...],
     _echo_columns(rows)
     if csv_path is not None:
         click.echo(f"csv: {csv_path}")
+    if output is not None:
+        click.echo(f"results: {output}")
 
 
 @cli.command("verify")

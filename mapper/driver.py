@@ -11,12 +11,13 @@ import onnx
 from onnx import ModelProto
 
 from mapper.calibration import first_sample, load_calibration
-from mapper.emit import save_model, write_atomically
+from mapper.emit import save_model
 from mapper.graph import GraphView
 from mapper.hwmodels.loader import load_hardware, set_managed_capacity
 from mapper.hwmodels.schema import Hardware
 from mapper.loader import LoadedModel, ShapeSpec, load_model
 from mapper.options import CompileOptions
+from mapper.outputs import check_output_dir, write_output_dir
 from mapper.passes.arena import ArenaPass
 from mapper.passes.estimate import EstimatePass
 from mapper.passes.memory import MemoryPass
@@ -133,13 +134,18 @@ def plan_loaded(loaded: LoadedModel, hardware: Hardware, options: CompileOptions
 
 
 def compile_model(model_path: str | Path, hardware: str, output_dir: str | Path,
-                  options: CompileOptions | None = None) -> CompileResult:
-    """Compile `model_path` for `hardware` into `output_dir` (model.onnx, plan.json, report)."""
+                  options: CompileOptions | None = None, force: bool = False) -> CompileResult:
+    """Compile `model_path` for `hardware` into `output_dir` (model.onnx, plan.json, report).
+
+    `output_dir` must be new, empty or an earlier mapper result (mapper.outputs); `force` lets
+    mapper add its files to another directory, never replacing a file it did not write.
+    """
     options = options or CompileOptions()
+    check_output_dir(output_dir, force)
     hw = resolve_hardware(hardware, options)
     loaded = load_for(model_path, options)
     plan, outcome = plan_loaded(loaded, hw, options, str(model_path))
     model = _reorder(outcome.model, outcome.order)
     out = Path(output_dir)
-    write_atomically(out, lambda tmp: _write_outputs(tmp, model, plan))
+    write_output_dir(out, lambda tmp: _write_outputs(tmp, model, plan), force=force)
     return CompileResult(output_dir=out, plan=plan, summary=_summary(plan, out, outcome.view))

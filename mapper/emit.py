@@ -1,17 +1,13 @@
-"""Writing a compile's outputs atomically: everything goes to a temporary directory beside
-OUT, is checked, then renamed into place, so OUT never holds half a result."""
+"""Saving the optimized model (external data past the protobuf limit); where and when it may
+be written is mapper.outputs' rule."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 from onnx import ModelProto
 
-from mapper.errors import UserError
 from mapper.onnx_utils import element_size
 
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -38,45 +34,3 @@ def save_model(model: ModelProto, path: Path) -> None:
     else:
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=path.name + ".data", size_threshold=1024)
-
-
-def write_atomically(out_dir: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_dir)`, then move tmp_dir to `out_dir` (replacing an earlier result)."""
-    out_dir = out_dir.absolute()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output path {str(out_dir)!r} exists and is not a directory")
-    parent = out_dir.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create the output directory's parent {str(parent)!r}: "
-                        f"{error.strerror}") from None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-    try:
-        write(tmp)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
-            old.rmdir()
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_file_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file beside it, so no half file is left."""
-    path = path.absolute()
-    if path.is_dir():
-        raise UserError(f"output path {str(path)!r} is a directory; name a file")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.tmp-",
-                                         delete=False) as handle:
-            handle.write(text)
-        Path(handle.name).replace(path)
-    except OSError as error:
-        raise UserError(f"cannot write {str(path)!r}: {error.strerror}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,11 @@ def run_study(model_path: str | Path, hardware_specs: Sequence[str], sweeps: Seq
             scratchpad_bytes=managed[1].size if managed else None,
             passes=tuple((p["name"], p["status"]) for p in plan["passes"])))
     return points
+
+
+def points_jsonl(points: Sequence[StudyPoint]) -> str:
+    """The study as JSON lines: one object per point."""
+    return "".join(json.dumps(p.to_dict(), sort_keys=True) + "\n" for p in points)
 
 
 def points_csv(points: Sequence[StudyPoint]) -> str:

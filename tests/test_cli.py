@@ -61,13 +61,14 @@ def test_json_summary_is_one_object_on_stdout(tmp_path):
     assert summary["hardware"] == "t4" and summary["latency_s"] > 0
 
 
-def test_recompile_replaces_output_atomically(tmp_path):
+def test_recompile_replaces_mapper_files_and_keeps_the_users(tmp_path):
     model = build.save(build.legacy_ir3_cnn(), tmp_path / "legacy.onnx")
     out = tmp_path / "out"
     assert run_mapper("compile", model, "--hw", "a100", "-o", str(out)).code == 0
-    (out / "stale.txt").write_text("from an earlier run")
+    (out / "notes.txt").write_text("written by the user")
     assert run_mapper("compile", model, "--hw", "v100", "-o", str(out)).code == 0
-    assert not (out / "stale.txt").exists()
+    assert (out / "notes.txt").read_text() == "written by the user"
+    assert json.loads((out / "plan.json").read_text())["hardware"]["name"].startswith("v100")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["legacy.onnx", "out"]
 
 

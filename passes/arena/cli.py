@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from mapper.errors import UserError
+from mapper.outputs import check_output_file, write_output_file
 from mapper.passes.arena.csv import format_solution, read_csv
 from mapper.passes.arena.greedy import greedy_by_size
 from mapper.passes.arena.problem import find_conflicts, lower_bound
@@ -17,20 +16,10 @@ from mapper.passes.arena.solve import fit_capacity, minimize_arena
 from mapper.units import parse_size
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file beside it, so no half file is left."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise UserError(f"cannot write {str(path)!r}: the directory {str(directory)!r} does "
-                        "not exist")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def _is_solution(path: Path) -> bool:
+    """An earlier solution CSV: its header's last column is the offset this command adds."""
+    with path.open("r", errors="replace") as handle:
+        return handle.readline().strip().split(",")[-1].strip() == "offset"
 
 
 @click.group("arena")
@@ -50,15 +39,18 @@ def arena_group() -> None:
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=30.0,
               show_default=True, help="Solver budget, seconds.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Solver seed.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing output file that is not an earlier solution.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def arena_solve(problem: Path, capacity: str | None, output: Path, method: str,
-                time_limit: float, seed: int, as_json: bool) -> None:
+                time_limit: float, seed: int, force: bool, as_json: bool) -> None:
     """Place the buffers of a MiniMalloc CSV (id,lower,upper,size) within a capacity.
 
     Exit 0 when every buffer fits, 3 when no placement can, 5 when the time limit ran out
     first (nothing is written then).
     """
     parsed = read_csv(problem)
+    check_output_file(output, force=force, ours=_is_solution, what="solution")
     buffers = parsed.buffers
     limit = parse_size(capacity) if capacity is not None else None
     if limit is not None and limit < 0:
@@ -76,7 +68,8 @@ def arena_solve(problem: Path, capacity: str | None, output: Path, method: str,
     problems = find_conflicts(buffers, offsets, limit)
     if problems:  # the solvers' own answer is re-checked before anything is written
         raise AssertionError(f"arena solution failed its check: {problems[0]}")
-    _write_atomically(output, format_solution(parsed, offsets))
+    write_output_file(output, format_solution(parsed, offsets), force=force, ours=_is_solution,
+                      what="solution")
     summary = {"problem": str(problem), "buffers": len(buffers), "capacity": limit,
                "lower_bound": lower_bound(buffers),
                "greedy_by_size": greedy_by_size(buffers).peak(buffers), "peak": peak,

@@ -6,8 +6,6 @@ Only click is imported at start-up; the solver modules load when a command runs.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -15,22 +13,8 @@ import click
 _DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0}
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write beside the target, then rename: a failed run leaves no half-written file."""
-    from mapper.errors import UserError
-
-    parent = path.absolute().parent
-    if not parent.is_dir():
-        raise UserError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# An earlier `moe place -o` file: the contract's moe object.
+_PLACEMENT_KEYS = ("num_devices", "num_experts", "layers", "metrics")
 
 
 @click.group("moe")
@@ -73,14 +57,17 @@ def moe_group() -> None:
               show_default=True, help="Solver budget, seconds (a placement is always returned).")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Write the plan's moe object (CONTRACTS.md section 5) to this file.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing output file that is not an earlier placement.")
 @click.option("--json", "as_json", is_flag=True, help="Print the moe object on stdout.")
 def place_command(trace_path: Path, devices: int, devices_per_node: int | None, hardware: str,
                   overrides: tuple[str, ...], trace_layout: str, experts: int | None,
                   hidden_size: int, ffn_size: int, dtype: str, tokens_per_forward: int | None,
                   load_tolerance: float, min_gain: float, method: str, seed: int,
-                  time_limit: float, output: Path | None, as_json: bool) -> None:
+                  time_limit: float, output: Path | None, force: bool, as_json: bool) -> None:
     """Place the experts of a routing trace on --devices devices."""
     from mapper.hwmodels.loader import load_hardware
+    from mapper.outputs import check_output_file, json_with_keys, write_output_file
     from mapper.passes.moe.cost import cost_model
     from mapper.passes.moe.place import PlaceOptions
     from mapper.passes.moe.section import solve_section
@@ -88,6 +75,9 @@ def place_command(trace_path: Path, devices: int, devices_per_node: int | None, 
     from mapper.plan import dumps
     from mapper.units import format_time
 
+    if output is not None:
+        check_output_file(output, force=force, ours=json_with_keys(*_PLACEMENT_KEYS),
+                          what="placement")
     hw = load_hardware(hardware, overrides)
     trace = load_trace(trace_path, layout=trace_layout,  # type: ignore[arg-type]
                        num_experts=experts, num_devices=devices)
@@ -106,7 +96,8 @@ def place_command(trace_path: Path, devices: int, devices_per_node: int | None, 
                              load_tolerance=load_tolerance, min_gain=min_gain))
     text = dumps(placed.section)
     if output is not None:
-        _write_atomically(output, text.encode())
+        write_output_file(output, text, force=force, ours=json_with_keys(*_PLACEMENT_KEYS),
+                          what="placement")
     if as_json:
         click.echo(text, nl=False)
         return
@@ -146,14 +137,19 @@ def place_command(trace_path: Path, devices: int, devices_per_node: int | None, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="The .npz to write (routes, num_experts[, planted]).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing output file that is not an earlier trace.")
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as one JSON object.")
 def synth_command(layers: int, experts: int, top_k: int, tokens: int, skew: float,
                   affinity: float, communities: int | None, planted_devices: int | None,
-                  trace_layout: str, seed: int, output: Path, as_json: bool) -> None:
+                  trace_layout: str, seed: int, output: Path, force: bool, as_json: bool) -> None:
     """Write a seeded synthetic routing trace (skewed popularity, inter-layer affinity)."""
     import io
 
+    from mapper.outputs import check_output_file, npz_with_arrays, write_output_file
     from mapper.passes.moe.synth import SynthSpec, save_trace, synthesize
+
+    check_output_file(output, force=force, ours=npz_with_arrays("routes"), what="trace")
 
     spec = SynthSpec(layers=layers, experts=experts, top_k=top_k, tokens=tokens, skew=skew,
                      affinity=affinity, communities=communities,
@@ -161,7 +157,8 @@ def synth_command(layers: int, experts: int, top_k: int, tokens: int, skew: floa
     trace = synthesize(spec)
     buffer = io.BytesIO()
     save_trace(trace, buffer, tokens_first=trace_layout == "tokens-first")
-    _write_atomically(output, buffer.getvalue())
+    write_output_file(output, buffer.getvalue(), force=force, ours=npz_with_arrays("routes"),
+                      what="trace")
     summary = {"output": str(output), "layers": layers, "tokens": tokens, "top_k": top_k,
                "num_experts": experts, "layout": trace_layout,
                "planted_devices": planted_devices}
