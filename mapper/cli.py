@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -12,44 +13,19 @@ from typing import Any
 
 import click
 
-from mapper import __version__
+from mapper import __version__, flags
 from mapper.errors import MapperError, QualityGateError, UserError
-from mapper.loader import parse_dim, parse_shape
-from mapper.options import CompileOptions, EstimateConfig
+from mapper.flags import parse_dim, parse_shape
+from mapper.options import CompileOptions
 from mapper.passes.arena.cli import arena_group
 from mapper.passes.moe.cli import moe_group
-from mapper.units import format_size, format_time, parse_size
+from mapper.units import format_size, format_time
 
 log = logging.getLogger("mapper")
 
 
 def _emit_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=1))
-
-
-def _shapes(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    return dict(parse_shape(value) for value in values)
-
-
-def _dims(values: Sequence[str]) -> dict[str, int]:
-    return dict(parse_dim(value) for value in values)
-
-
-def _names(value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    return tuple(name.strip() for name in value.split(",") if name.strip())
-
-
-def _options(**kwargs: Any) -> CompileOptions:
-    try:
-        return CompileOptions(**kwargs)
-    except Exception as error:  # pydantic's ValidationError: re-say it as one line per field
-        errors = getattr(error, "errors", None)
-        if errors is None:
-            raise
-        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors())
-        raise UserError(f"invalid option: {details}") from None
 
 
 def _echo_columns(rows: Sequence[Sequence[str]]) -> None:
@@ -92,67 +68,50 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-_PLAN_OPTIONS = (
-    click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
-                 help="Override a hardware field, e.g. memory.l2.size=80MiB (repeatable)."),
-    click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
-                 help="Static shape of an input with dynamic dims (repeatable)."),
-    click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
-                 help="Value of a named dynamic dim (repeatable)."),
-    click.option("--scratchpad", metavar="SIZE", help="Capacity of the managed on-chip level."),
-    click.option("--passes", "passes", metavar="A,B", help="Run only these passes."),
-    click.option("--skip", "skip", metavar="A,B", help="Do not run these passes."),
-    click.option("--precision", type=click.Choice(["model", "fp32", "tf32", "fp16", "bf16",
-                                                   "fp8", "int8"]),
-                 default="model", show_default=True,
-                 help="dtype assumed for matrix ops in the estimate."),
-    click.option("--calib", type=click.Path(path_type=Path),
-                 help="Calibration inputs .npz (one array per input, samples stacked first)."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Solver seed."),
-    click.option("--time-limit", type=float, default=30.0, show_default=True,
-                 help="Solver budget per pass, seconds."),
-    click.option("--devices", type=click.IntRange(min=1),
-                 help="MoE: devices to place the experts on (the moe pass runs for N > 1)."),
-    click.option("--devices-per-node", type=click.IntRange(min=1),
-                 help="MoE: devices per node (default: the hardware's interconnect)."),
-    click.option("--trace", type=click.Path(path_type=Path),
-                 help="MoE: routing trace .npz, routes[layers, tokens, k] (default: collected "
-                 "in onnxruntime)."),
-    click.option("--trace-layout", type=click.Choice(["layers-first", "tokens-first"]),
-                 default="layers-first", show_default=True,
-                 help="MoE: tokens-first reads routes[tokens, layers, k] (serving engines)."),
-    click.option("--memory-objective", type=click.Choice(["offchip", "peak"]),
-                 default="offchip", show_default=True,
-                 help="Memory pass: minimize off-chip bytes, or the same bytes at the lowest "
-                 "scratchpad footprint."),
-    click.option("--no-order-search", is_flag=True,
-                 help="Memory pass: keep the incoming operator order (no order search)."),
-)
+def _read_config(path: Path) -> dict[str, Any]:
+    """A config file's settings (`--config`): CompileOptions' fields as YAML keys."""
+    import yaml
+
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"config file {str(path)!r} is not valid YAML: "
+                        f"{str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {str(path)!r} must hold a mapping of settings")
+    return data
 
 
 def _plan_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The options `compile` and `study` share (everything that shapes a plan)."""
-    for option in reversed(_PLAN_OPTIONS):
-        command = option(command)
-    return command
+    """Add every CompileOptions flag (declared once, on its config field) and --config to
+    `command`, which then receives the typed `options` instead of the raw flag values."""
+    names = flags.params_of(CompileOptions)
 
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> Any:
+        ctx = click.get_current_context()
+        config_path = values.pop("config_file")
+        raw = {name: values.pop(name) for name in names}
+        base = _read_config(config_path) if config_path is not None else {}
+        where = f"config file {str(config_path)!r}" if config_path is not None else "option"
+        if base:
+            flags.check_keys(CompileOptions, base, where)
 
-def _compile_options(overrides: tuple[str, ...], input_shapes: tuple[str, ...],
-                     dims: tuple[str, ...], scratchpad: str | None, passes: str | None,
-                     skip: str | None, precision: str, calib: Path | None, seed: int,
-                     time_limit: float, devices: int | None, devices_per_node: int | None,
-                     trace: Path | None, trace_layout: str, memory_objective: str,
-                     no_order_search: bool) -> CompileOptions:
-    """The CompileOptions the shared flags describe (the same object the Python API takes)."""
-    return _options(
-        input_shapes=_shapes(input_shapes), dims=_dims(dims), hardware_overrides=overrides,
-        scratchpad=parse_size(scratchpad) if scratchpad is not None else None,
-        passes=_names(passes), skip=_names(skip) or (), calib=calib, seed=seed,
-        time_limit_s=time_limit,
-        estimate=EstimateConfig(precision=precision),  # type: ignore[arg-type]
-        moe={"devices": devices, "devices_per_node": devices_per_node, "trace": trace,
-             "trace_layout": trace_layout},
-        memory={"objective": memory_objective, "search_order": not no_order_search})
+        def given(param: str) -> bool:
+            source = ctx.get_parameter_source(param)
+            return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+        tree = flags.merge(base, flags.collect(CompileOptions, raw, given))
+        options = flags.validate(CompileOptions, tree, "option" if not base else where)
+        return command(options=options, **values)
+
+    for option in reversed(flags.click_options(CompileOptions)):
+        wrapper = option(wrapper)
+    return click.option("--config", "config_file", type=click.Path(path_type=Path),
+                        help="Settings from a YAML file (CompileOptions' fields as keys, e.g. "
+                        "memory: {objective: peak}); flags override it.")(wrapper)
 
 
 @cli.command("compile")
@@ -166,21 +125,13 @@ def _compile_options(overrides: tuple[str, ...], input_shapes: tuple[str, ...],
               help="Let -o add mapper's files to a non-empty directory that is not an earlier "
               "mapper result (a file mapper did not write is never replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def compile_command(model: Path, hardware: str, output: Path, overrides: tuple[str, ...],
-                    input_shapes: tuple[str, ...], dims: tuple[str, ...], scratchpad: str | None,
-                    passes: str | None, skip: str | None, precision: str,
-                    calib: Path | None, seed: int, time_limit: float, devices: int | None,
-                    devices_per_node: int | None, trace: Path | None, trace_layout: str,
-                    memory_objective: str, no_order_search: bool, force: bool,
-                    as_json: bool) -> None:
+def compile_command(model: Path, hardware: str, output: Path, options: CompileOptions,
+                    force: bool, as_json: bool) -> None:
     """Compile MODEL for a hardware model into an optimized model, plan.json and a report."""
     import time
 
     from mapper.driver import compile_model
 
-    options = _compile_options(overrides, input_shapes, dims, scratchpad, passes, skip,
-                               precision, calib, seed, time_limit, devices, devices_per_node,
-                               trace, trace_layout, memory_objective, no_order_search)
     started = time.perf_counter()
     result = compile_model(model, hardware, output, options, force=force)
     if as_json:
@@ -208,12 +159,7 @@ def compile_command(model: Path, hardware: str, output: Path, overrides: tuple[s
               "is (a file mapper did not write is never replaced in a directory).")
 @click.option("--json", "as_json", is_flag=True, help="Print the study as one JSON object.")
 def study_command(model: Path, hardware: str, sweeps: tuple[str, ...],
-                  overrides: tuple[str, ...], input_shapes: tuple[str, ...],
-                  dims: tuple[str, ...], scratchpad: str | None, passes: str | None,
-                  skip: str | None, precision: str, calib: Path | None, seed: int,
-                  time_limit: float, devices: int | None, devices_per_node: int | None,
-                  trace: Path | None, trace_layout: str, memory_objective: str,
-                  no_order_search: bool, csv_path: Path | None, output: Path | None,
+                  options: CompileOptions, csv_path: Path | None, output: Path | None,
                   force: bool, as_json: bool) -> None:
     """Plan MODEL for several hardware models and field sweeps; tabulate the estimates."""
     from mapper.outputs import (
@@ -231,9 +177,6 @@ def study_command(model: Path, hardware: str, sweeps: tuple[str, ...],
     if output is not None:
         check_output_dir(output, force)
 
-    options = _compile_options(overrides, input_shapes, dims, scratchpad, passes, skip,
-                               precision, calib, seed, time_limit, devices, devices_per_node,
-                               trace, trace_layout, memory_objective, no_order_search)
     parsed = [parse_sweep(text) for text in sweeps]
     points = run_study(model, [h.strip() for h in hardware.split(",") if h.strip()], parsed,
                        options)
@@ -288,7 +231,8 @@ def verify_command(original: Path, optimized: Path, inputs: Path | None, rtol: f
     from mapper.verify import verify_models
 
     result = verify_models(original, optimized, inputs=inputs, seed=seed, rtol=rtol, atol=atol,
-                           input_shapes=_shapes(input_shapes), dims=_dims(dims))
+                           input_shapes=dict(parse_shape(v) for v in input_shapes),
+                           dims=dict(parse_dim(v) for v in dims))
     if as_json:
         _emit_json({"ok": result.ok, "inputs": result.inputs_source, "rtol": rtol, "atol": atol,
                     "outputs": [{"name": o.name, "shape": list(o.shape), "max_abs": o.max_abs,

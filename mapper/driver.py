@@ -22,6 +22,7 @@ from mapper.passes.arena import ArenaPass
 from mapper.passes.estimate import EstimatePass
 from mapper.passes.memory import MemoryPass
 from mapper.passes.moe import MoePass
+from mapper.passes.rtn import RtnPass
 from mapper.passes.tiling import TilingPass
 from mapper.pipeline import InternalError, Pass, PassContext, PipelineOutcome, run_pipeline
 from mapper.plan import build_plan, dumps
@@ -29,9 +30,10 @@ from mapper.report import render_report
 
 log = logging.getLogger(__name__)
 
-# The pipeline, in its fixed order: compression (gqsa | lqlora) -> moe -> tiling -> memory,
-# then the estimate that prices what they decided.
+# The pipeline, in its fixed order: compression (rtn | gqsa | lqlora) -> moe -> tiling ->
+# memory -> arena, then the estimate that prices what they decided.
 PIPELINE: tuple[Pass, ...] = (
+    RtnPass(),
     MoePass(),
     TilingPass(),
     MemoryPass(),
@@ -126,7 +128,7 @@ def load_for(model_path: str | Path, options: CompileOptions) -> LoadedModel:
 def plan_loaded(loaded: LoadedModel, hardware: Hardware, options: CompileOptions,
                 model_path: str) -> tuple[dict[str, Any], PipelineOutcome]:
     """Run the pipeline on an already loaded model; the plan and the pipeline's outcome."""
-    view = GraphView.from_model(loaded.model)
+    view = GraphView.from_model(loaded.model, options.precision)
     context = PassContext(model=loaded.model, view=view, hardware=hardware, options=options,
                           order=view.model_order)
     outcome = run_pipeline(PIPELINE, context)

@@ -26,6 +26,23 @@ _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
 # ConstantOfShape is exempt because that is how old exporters made real weights.
 _MAX_GROWTH = 4
 _ALWAYS_SMALL_ENOUGH = 16 * 2**20
+# Integer dtypes that hold quantized codes: a fold that decodes them into floats would store
+# the dequantized weights (4x and more) and lose the format the model arrived in.
+_CODE_DTYPES = {np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16)}
+_CODE_MIN_ELEMENTS = 16
+
+
+def _decodes_weights(node: NodeProto, inputs: list[np.ndarray | None]) -> bool:
+    """True when folding `node` would turn constant integer codes into a float weight."""
+    if node.op_type == "DequantizeLinear":
+        return True
+    for array in inputs:
+        if array is None or array.size < _CODE_MIN_ELEMENTS:
+            continue
+        if array.dtype in _CODE_DTYPES or array.dtype.name in ("int4", "uint4", "int2",
+                                                                  "uint2"):
+            return True
+    return False
 
 
 def _opsets(model: ModelProto) -> dict[str, int]:
@@ -90,6 +107,8 @@ def _fold_once(model: ModelProto) -> int:
             results = None if shape_value is None else [shape_value]
         elif all(not name or is_constant(name) for name in node.input):
             inputs = [value(name) if name else None for name in node.input]
+            if _decodes_weights(node, inputs) and not _integer_result(node, inputs, opsets):
+                continue
             results = _evaluate(node, inputs, opsets)
             if results is not None and node.op_type != "ConstantOfShape":
                 input_bytes = sum(array.nbytes for array in inputs if array is not None)
@@ -114,6 +133,21 @@ def _fold_once(model: ModelProto) -> int:
     for name, array in new_constants.items():
         _add_initializer(graph, name, array)
     return len(folded)
+
+
+def _integer_result(node: NodeProto, inputs: list[np.ndarray | None],
+                    opsets: dict[str, int]) -> bool:
+    """Whether folding `node` keeps integer codes integer and no larger (reshaping or
+    transposing codes is a fine fold; a float result or a wider integer would store them
+    decoded)."""
+    if node.op_type in ("DequantizeLinear", "Cast", "CastLike") or (
+            node.op_type == "Gather" and inputs[0] is not None and inputs[0].dtype.kind == "f"):
+        return False
+    results = _evaluate(node, inputs, opsets)
+    if results is None:
+        return False
+    held = sum(array.nbytes for array in inputs if array is not None)
+    return all(r.dtype.kind in "iub" for r in results) and sum(r.nbytes for r in results) <= held
 
 
 def _add_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> None:

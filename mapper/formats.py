@@ -43,12 +43,13 @@ FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16,
 # Ops a decode chain may contain: they only reinterpret, convert or scale constant codes.
 DECODE_OPS = {"DequantizeLinear", "Cast", "CastLike", "Mul", "Sub", "Add", "Div", "Reshape",
               "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Gather", "Identity", "Expand",
-              "Concat", "Slice", "BitShift", "BitwiseAnd", "BitwiseOr", "Tile", "Neg"}
+              "Concat", "Slice", "BitShift", "BitwiseAnd", "BitwiseOr", "Tile", "Neg",
+              "Pad"}
 # Contrib ops holding packed weights: op -> (index of the packed weight, indices of its parts).
 PACKED_OPS = {"MatMulNBits": (1, (1, 2, 3)), "MatMulBnb4": (1, (1, 2)),
               "GatherBlockQuantized": (0, (0, 2, 3))}
 # Integer matrix ops: op -> (index of the weight, indices of its scale and zero point).
-INTEGER_OPS = {"QLinearMatMul": (3, (4, 5)), "MatMulInteger": (1, (3,)),
+INTEGER_OPS = {"QLinearMatMul": (3, (4, 5)), "MatMulInteger": (1, (3,)), "QGemm": (3, (4, 5)),
                "QLinearConv": (3, (4, 5)), "ConvInteger": (1, (3,))}
 
 
@@ -333,9 +334,11 @@ def _chain_format(name: str, roots: Sequence[str], by_output: Mapping[str, NodeP
         if node.op_type == "Sub":
             symmetric = False
     stored = sum(size_of(r) for r in roots)
+    # The codes first (largest first), then scales, zero points and tables.
+    ordered = sorted(roots, key=lambda r: (r not in codes, -size_of(r), r))
     return WeightFormat(name=name, shape=tuple(shape), scheme=scheme, bits=bits,
                         group_size=max(group, 1), symmetric=symmetric, sparsity=0.0, rank=0,
-                        stored_bytes=stored, packed_bytes=stored, parts=tuple(roots),
+                        stored_bytes=stored, packed_bytes=stored, parts=tuple(ordered),
                         container=chain[-1].op_type if chain else "initializer")
 
 

@@ -10,19 +10,26 @@ from typing import Literal
 import networkx as nx
 from onnx import GraphProto, ModelProto, NodeProto, numpy_helper
 
-from mapper.costs import OpWork, Shape, op_work
-from mapper.onnx_utils import dtype_name, element_size, node_reads, node_subgraphs
+from mapper.costs import DTYPE_BITS, OpWork, Shape, matrix_operands, op_work, stored_bits
+from mapper.costs.dtypes import stored_dtype
+from mapper.formats import (
+    WeightFormat,
+    declared_formats,
+    find_decode_chains,
+    read_formats,
+)
+from mapper.onnx_utils import node_reads, node_subgraphs
 from mapper.shapes import annotated_copy
 
 TensorKind = Literal["input", "weight", "activation"]
-_FLOAT_DTYPES = ("fp32", "fp16", "bf16", "fp8", "fp64")
+_FLOAT_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "fp64")
 # Ops between an attention score MatMul and its Softmax (scaling, masking, bias).
 _ATTENTION_GLUE = {"Div", "Mul", "Add", "Where", "Sub", "Cast", "Reshape", "Transpose"}
 
 
 @dataclass(frozen=True)
 class Tensor:
-    """One main-graph tensor: static shape, dtype, bytes, and who makes and reads it."""
+    """One main-graph tensor: static shape, stored dtype and bytes, who makes and reads it."""
 
     name: str
     shape: Shape
@@ -49,6 +56,9 @@ class Node:
     dtype: str
     category: str
     attention: bool
+    # Quantized or dense weights this node reads as a matrix B operand or a table (by the
+    # name its ONNX input uses; see GraphView.formats).
+    weights: tuple[str, ...] = ()
 
 
 def _type_table(graph: GraphProto, into: dict[str, tuple[Shape | None, int]]) -> None:
@@ -101,18 +111,29 @@ def _node_work(node: NodeProto, types: dict[str, tuple[Shape | None, int]],
     return op_work(node, shape_of, extra)
 
 
-def _tensor_bytes(shape: Shape, elem_type: int) -> int:
-    return math.ceil(math.prod(shape) * element_size(elem_type))
+def _tensor_bytes(shape: Shape, elem_type: int, precision: str) -> int:
+    return math.ceil(math.prod(shape) * stored_bits(elem_type, precision) / 8)
 
 
 class GraphView:
-    """A read-only analysis of a normalized model; build it with `GraphView.from_model`."""
+    """A read-only analysis of a normalized model; build it with `GraphView.from_model`.
+
+    Sizes are stored sizes: float tensors at the deployment `precision` ('model': their own
+    dtype), quantized weights at their packed bytes. Decode chains (nodes that turn constant
+    integer codes into a float weight) are fused into their consumers: a decode node reads
+    and writes nothing, its consumers read the codes, scales and zero points it came from,
+    and `formats` says how each weight is stored.
+    """
 
     def __init__(self, nodes: dict[str, Node], tensors: dict[str, Tensor],
-                 graph_outputs: tuple[str, ...]) -> None:
+                 graph_outputs: tuple[str, ...], precision: str = "model",
+                 formats: Mapping[str, WeightFormat] | None = None,
+                 order_edges: Sequence[tuple[str, str]] = ()) -> None:
         self.nodes = nodes
         self.tensors = tensors
         self.graph_outputs = graph_outputs
+        self.precision = precision
+        self.formats: Mapping[str, WeightFormat] = dict(formats or {})
         self.model_order: tuple[str, ...] = tuple(nodes)
         self.dag = nx.DiGraph()
         self.dag.add_nodes_from(nodes)
@@ -121,18 +142,48 @@ class GraphView:
                 producer = tensors[name].producer if name in tensors else None
                 if producer is not None and producer != node.name:
                     self.dag.add_edge(producer, node.name, tensor=name)
+        # Dependencies that move no plannable bytes (a decode node before its consumer).
+        for before, after in order_edges:
+            if before != after and not self.dag.has_edge(before, after):
+                self.dag.add_edge(before, after, tensor=None)
 
     @classmethod
-    def from_model(cls, model: ModelProto) -> GraphView:
-        """Analyze a normalized model (static shapes in value_info, unique node names)."""
+    def from_model(cls, model: ModelProto, precision: str = "model") -> GraphView:
+        """Analyze a normalized model (static shapes in value_info, unique node names),
+        sizing float tensors at the deployment `precision`."""
+        if precision != "model" and precision not in DTYPE_BITS:
+            raise ValueError(f"unknown precision {precision!r}")
         graph = model.graph
         types: dict[str, tuple[Shape | None, int]] = {}
         _type_table(graph, types)
+        elem_types = {name: elem for name, (_, elem) in types.items()}
+        shapes = {name: shape for name, (shape, _) in types.items() if shape is not None}
+
+        def size_of(name: str) -> int:
+            shape, elem_type = types.get(name, (None, 0))
+            return _tensor_bytes(shape or (), elem_type, precision) if shape is not None else 0
+
+        chains = find_decode_chains(graph, elem_types, shapes, size_of)
+        formats = read_formats(graph, elem_types, shapes, size_of, chains,
+                               declared_formats(model))
         producers: dict[str, str] = {}
         consumers: dict[str, list[str]] = {}
         reads: dict[str, tuple[str, ...]] = {}
+        order_edges: list[tuple[str, str]] = []
+        raw_producer = {out: node.name for node in graph.node for out in node.output if out}
         for node in graph.node:
-            reads[node.name] = tuple(node_reads(node))
+            raw = node_reads(node)
+            for name in raw:
+                if name in raw_producer and raw_producer[name] in chains.nodes:
+                    order_edges.append((raw_producer[name], node.name))
+            if node.name in chains.nodes:
+                reads[node.name] = ()
+                continue
+            # A fused decode chain: the consumer reads the initializers it decodes.
+            expanded: list[str] = []
+            for name in raw:
+                expanded.extend(chains.roots.get(name, (name,)))
+            reads[node.name] = tuple(dict.fromkeys(expanded))
             for name in reads[node.name]:
                 consumers.setdefault(name, []).append(node.name)
             for name in node.output:
@@ -149,9 +200,11 @@ class GraphView:
             kind: TensorKind = ("activation" if name in producers
                                 else "input" if name in inputs else "weight")
             tensors[name] = Tensor(
-                name=name, shape=shape, dtype=dtype_name(elem_type),
-                size=_tensor_bytes(shape, elem_type), kind=kind, is_output=name in outputs,
-                producer=producers.get(name), consumers=tuple(consumers.get(name, ())))
+                name=name, shape=shape, dtype=stored_dtype(elem_type, precision),
+                size=_tensor_bytes(shape, elem_type, precision), kind=kind,
+                is_output=name in outputs, producer=producers.get(name),
+                consumers=tuple(consumers.get(name, ())))
+        formats = {**_dense_formats(graph, tensors, formats, chains.nodes), **formats}
         attention = _attention_matmuls(graph, producers, consumers)
         # Control-flow bodies are costed from an annotated copy: the emitted model keeps
         # only main-graph shapes (see mapper.shapes.infer_shapes).
@@ -163,18 +216,28 @@ class GraphView:
         loop_trips = _constant_trip_counts(graph)
         nodes: dict[str, Node] = {}
         for node in graph.node:
+            if node.name in chains.nodes:
+                nodes[node.name] = Node(
+                    name=node.name, op_type=node.op_type, domain=node.domain, inputs=(),
+                    outputs=(), flops=0.0, bytes_read=0, bytes_written=0,
+                    dtype=stored_dtype(elem_types.get(node.output[0], 1), precision),
+                    category="decode", attention=False)
+                continue
             work = _node_work(annotated.get(node.name, node), types, loop_trips)
             node_inputs = tuple(name for name in reads[node.name] if name in tensors)
             node_outputs = tuple(name for name in node.output if name in tensors)
             view = work.category == "view"
+            read_weights = tuple(name for name in dict.fromkeys(node.input) if name in formats)
             nodes[node.name] = Node(
                 name=node.name, op_type=node.op_type, domain=node.domain,
                 inputs=node_inputs, outputs=node_outputs, flops=work.flops,
-                bytes_read=0 if view else _bytes_read(node, node_inputs, node_outputs, tensors),
+                bytes_read=0 if view else _bytes_read(node, node_inputs, node_outputs, tensors,
+                                                      formats),
                 bytes_written=0 if view else sum(tensors[n].size for n in node_outputs),
                 dtype=_compute_dtype(node_inputs, node_outputs, tensors),
-                category=work.category, attention=node.name in attention)
-        return cls(nodes, tensors, outputs)
+                category=work.category, attention=node.name in attention,
+                weights=read_weights)
+        return cls(nodes, tensors, outputs, precision, formats, order_edges)
 
     # --- orders and lifetimes -------------------------------------------------------------
 
@@ -218,7 +281,7 @@ class GraphView:
         return per_step
 
     def weight_bytes(self) -> int:
-        """Bytes of all initializers the graph reads."""
+        """Stored bytes of all initializers the graph reads (packed where quantized)."""
         return sum(t.size for t in self.tensors.values() if t.kind == "weight" and t.consumers)
 
     def input_bytes(self) -> int:
@@ -232,18 +295,49 @@ class GraphView:
 
 
 # Ops that read only the part of their data input that they return.
-_PARTIAL_READS = {"Gather", "GatherElements", "GatherND", "Slice"}
+_PARTIAL_READS = {"Gather", "GatherElements", "GatherND", "Slice", "GatherBlockQuantized"}
 
 
 def _bytes_read(node: NodeProto, inputs: Sequence[str], outputs: Sequence[str],
-                tensors: Mapping[str, Tensor]) -> int:
+                tensors: Mapping[str, Tensor], formats: Mapping[str, WeightFormat]) -> int:
     """Bytes an op reads: every input once; a Gather/Slice reads only the rows it returns
-    (an embedding lookup does not stream the whole table)."""
-    if node.op_type in _PARTIAL_READS and node.input and node.input[0] in tensors:
-        rest = {name for name in inputs if name != node.input[0]}
-        gathered = sum(tensors[name].size for name in outputs)
-        return min(tensors[node.input[0]].size, gathered) + sum(tensors[n].size for n in rest)
+    (an embedding lookup does not stream the whole table, packed or not)."""
+    if node.op_type in _PARTIAL_READS and node.input:
+        data = node.input[0]
+        table = formats.get(data)
+        if table is not None and table.quantized:
+            parts = set(table.parts)
+            out_elements = sum(math.prod(tensors[n].shape) for n in outputs if tensors[n].shape)
+            share = min(1.0, out_elements / table.elements) if table.elements else 1.0
+            rest = {name for name in inputs if name not in parts}
+            return (math.ceil(table.stored_bytes * share)
+                    + sum(tensors[n].size for n in rest))
+        if data in tensors:
+            rest = {name for name in inputs if name != data}
+            gathered = sum(tensors[name].size for name in outputs)
+            return min(tensors[data].size, gathered) + sum(tensors[n].size for n in rest)
     return sum(tensors[name].size for name in set(inputs))
+
+
+def _dense_formats(graph: GraphProto, tensors: Mapping[str, Tensor],
+                   quantized: Mapping[str, WeightFormat], decode_nodes: frozenset[str]
+                   ) -> dict[str, WeightFormat]:
+    """Dense formats of the initializers matrix ops read as B (stored at their dtype)."""
+    found: dict[str, WeightFormat] = {}
+    for node in graph.node:
+        operands = matrix_operands(node.op_type)
+        if node.name in decode_nodes or operands is None or len(node.input) <= operands[1]:
+            continue
+        name = node.input[operands[1]]
+        tensor = tensors.get(name)
+        if name in quantized or tensor is None or tensor.kind != "weight" or not tensor.shape:
+            continue
+        bits = DTYPE_BITS.get(tensor.dtype, 8 * tensor.size // max(math.prod(tensor.shape), 1))
+        found[name] = WeightFormat(
+            name=name, shape=tensor.shape, scheme="dense", bits=int(bits),
+            group_size=0, symmetric=True, sparsity=0.0, rank=0, stored_bytes=tensor.size,
+            packed_bytes=tensor.size, parts=(name,), container="initializer")
+    return found
 
 
 def _constant_trip_counts(graph: GraphProto) -> dict[str, int]:

@@ -57,37 +57,6 @@ class LoadedModel:
     notes: tuple[str, ...]
 
 
-def parse_shape(text: str, flag: str = "--input-shape") -> tuple[str, tuple[int, ...]]:
-    """`x=1x3x224x224` -> ("x", (1, 3, 224, 224)); a bad spec is a UserError naming the flag."""
-    name, sep, dims = text.partition("=")
-    try:
-        if not sep or not name:
-            raise ValueError
-        shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x"))
-        if any(d <= 0 for d in shape):
-            raise ValueError
-    except ValueError:
-        raise UserError(
-            f"{flag} {text!r}: expected NAME=D0xD1x... with positive integers, e.g. x=1x3x224x224"
-        ) from None
-    return name, shape
-
-
-def parse_dim(text: str) -> tuple[str, int]:
-    """`seq=128` -> ("seq", 128)."""
-    name, sep, value = text.partition("=")
-    try:
-        if not sep or not name:
-            raise ValueError
-        number = int(value)
-        if number <= 0:
-            raise ValueError
-    except ValueError:
-        raise UserError(f"--dim {text!r}: expected NAME=VALUE with a positive integer, e.g. seq=128"
-                        ) from None
-    return name, number
-
-
 def _read(path: Path) -> ModelProto:
     if not path.exists():
         raise UserError(f"model file {str(path)!r} does not exist")
@@ -172,19 +141,21 @@ def _repair_ir3(model: ModelProto, notes: list[str]) -> None:
         model.ir_version = 4
 
 
-def _upgrade_opset(model: ModelProto, notes: list[str]) -> ModelProto:
+def upgrade_opset(model: ModelProto, target: int, notes: list[str]) -> ModelProto:
+    """The model at default-domain opset `target` when it is below (ONNX version converter,
+    run without the big weights); unchanged, with a note, when the converter cannot."""
     version = _default_opset(model)
-    if version is None or version >= MIN_OPSET:
+    if version is None or version >= target:
         return model  # nothing of the default domain to upgrade (e.g. ai.onnx.ml only)
     light, heavy_names = weightless_copy(model)
     try:
-        upgraded = onnx.version_converter.convert_version(light, MIN_OPSET)
+        upgraded = onnx.version_converter.convert_version(light, target)
     except Exception as error:  # the converter raises bare RuntimeErrors for unsupported ops
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         notes.append(f"opset {version} kept: the ONNX version converter could not upgrade it "
                      f"({reason[:160]})")
         return model
-    notes.append(f"opset {version} upgraded to {MIN_OPSET}")
+    notes.append(f"opset {version} upgraded to {target}")
     # The converter saw the big weights as typed inputs only: move its graph into `model`,
     # around the weights that never left it.
     graph, converted = model.graph, upgraded.graph
@@ -313,6 +284,18 @@ def _drop_subgraph_value_info(model: ModelProto) -> None:
         del sub.value_info[:]
 
 
+def normalize(model: ModelProto, input_shapes: dict[str, list[int]], notes: list[str],
+              probe_inputs: Mapping[str, np.ndarray] | None = None) -> ModelProto:
+    """The normal form every pass works on: constants folded (never decoding quantized
+    weights), a static shape for every tensor, nodes in topological order, every node named.
+    The loader ends with it, and every model a rewriting pass returns goes through it."""
+    model = fold_constants(model, notes)
+    model = infer_static_shapes(model, input_shapes, notes, probe_inputs)
+    topological_sort(model.graph)
+    _name_nodes(model)  # last: the version converter adds nodes without names
+    return model
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of the model file's bytes."""
     digest = hashlib.sha256()
@@ -337,13 +320,10 @@ def load_model(path: str | Path, spec: ShapeSpec | None = None,
     _repair_ir3(model, notes)
     # Upgrade while dims are still symbolic: the converter runs ONNX shape inference, which
     # with fixed dims writes wrong shapes into some If branches (Silero VAD's LSTM).
-    model = _upgrade_opset(model, notes)
+    model = upgrade_opset(model, MIN_OPSET, notes)
     _drop_subgraph_value_info(model)
     input_shapes = _fix_dynamic_dims(model, spec)
-    model = fold_constants(model, notes)
-    model = infer_static_shapes(model, input_shapes, notes, probe_inputs)
-    topological_sort(model.graph)
-    _name_nodes(model)  # last: the version converter adds nodes without names
+    model = normalize(model, input_shapes, notes, probe_inputs)
     for note in notes:
         log.info("load: %s", note)
     return LoadedModel(model=model, source_path=path, sha256=file_sha256(path),

@@ -1,33 +1,30 @@
-"""Typed options of a compile: the same objects for the CLI and the Python API."""
+"""Typed options of a compile: the same objects for the CLI, the Python API and config files.
+
+Every setting lives in exactly one config field; fields annotated with a `Flag` are also
+command-line flags (mapper.flags builds them), and a pass's settings live in its own config,
+so a setting given for a pass that does not run is an error that names the pass.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mapper.flags import Flag, as_dict, flag_name, parse_dim, parse_names, parse_shape
+from mapper.units import parse_size
 
 Precision = Literal["model", "fp32", "tf32", "fp16", "bf16", "fp8", "int8"]
-
-
-class EstimateConfig(BaseModel):
-    """Configuration of the estimate pass (per-op roofline latency)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    precision: Precision = Field(
-        "model", description="dtype the matrix ops are assumed to run in; 'model' uses the "
-        "graph's own dtypes (what-if: fp16 deployment of an fp32 export)")
+CompressMethod = Literal["rtn", "gqsa", "lqlora"]
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
 class TilingConfig(BaseModel):
     """Configuration of the tiling pass (kernel tile sizes per GEMM-shaped operator)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _FROZEN
 
-    precision: Precision | None = Field(
-        None, description="dtype the GEMMs are tiled in; None follows estimate.precision "
-        "('model': each node's own dtype)")
     max_split_k: int = Field(16, ge=1, le=16, description="largest split-K factor the GPU "
                              "search may use (1 disables split-K)")
     persistent: bool = Field(True, description="let the GPU search use persistent kernels")
@@ -48,9 +45,8 @@ class TilingConfig(BaseModel):
 class MemoryConfig(BaseModel):
     """Configuration of the memory pass (scratchpad schedule, allocation and replacement)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    objective: Literal["offchip", "peak"] = Field(
+    model_config = _FROZEN
+    objective: Annotated[Literal["offchip", "peak"], Flag("--memory-objective")] = Field(
         "offchip", description="'offchip': minimize off-chip bytes (COSMA); 'peak': the same "
         "traffic, then the lowest scratchpad footprint for it")
     alignment: int = Field(64, ge=1, description="byte alignment of every scratchpad offset")
@@ -58,7 +54,9 @@ class MemoryConfig(BaseModel):
         1000, ge=10, description="graphs with more steps than this are planned window by "
         "window (divide and conquer) instead of in one CP-SAT model")
     lookahead: int = Field(50, ge=0, description="steps past a window its model also sees")
-    search_order: bool = Field(
+    search_order: Annotated[bool, Flag(
+        "--no-order-search", invert=True,
+        help="Memory pass: keep the incoming operator order (no order search).")] = Field(
         True, description="search other operator orders and keep one only if it moves "
         "strictly fewer off-chip bytes")
     order_evaluations: int = Field(
@@ -75,18 +73,18 @@ class MemoryConfig(BaseModel):
 class MoeConfig(BaseModel):
     """Configuration of the moe pass (expert placement across devices from routing traces)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    devices: int | None = Field(
-        None, ge=1, description="devices to place the experts on (--devices); the pass runs "
-        "only for MoE models and N > 1")
-    devices_per_node: int | None = Field(
-        None, ge=1, description="devices per node (--devices-per-node); default: the "
-        "hardware's interconnect.devices_per_node")
-    trace: Path | None = Field(
-        None, description="routing trace .npz (--trace) with routes[layers, tokens, k]; "
+    model_config = _FROZEN
+    devices: Annotated[int | None, Flag("--devices", metavar="N")] = Field(
+        None, ge=1, description="devices to place the experts on; the pass runs only for MoE "
+        "models and N > 1")
+    devices_per_node: Annotated[int | None, Flag("--devices-per-node", metavar="N")] = Field(
+        None, ge=1, description="devices per node; default: the hardware's "
+        "interconnect.devices_per_node")
+    trace: Annotated[Path | None, Flag("--trace", metavar="FILE.npz")] = Field(
+        None, description="routing trace .npz with routes[layers, tokens, k]; "
         "default: collect one in onnxruntime on --calib inputs or generated token ids")
-    trace_layout: Literal["layers-first", "tokens-first"] = Field(
+    trace_layout: Annotated[Literal["layers-first", "tokens-first"],
+                            Flag("--trace-layout")] = Field(
         "layers-first", description="'tokens-first': the trace is routes[tokens, layers, k], "
         "as serving engines return it")
     samples: int = Field(16, ge=1, description="generated inputs run to collect a trace when "
@@ -97,7 +95,7 @@ class MoeConfig(BaseModel):
     min_gain: float = Field(
         0.05, ge=0, lt=1, description="share of weighted token transfers that relaxing the "
         "load balance must save to be kept")
-    method: Literal["auto", "joint", "staged"] = Field(
+    method: Annotated[Literal["auto", "joint", "staged"], Flag("--moe-method")] = Field(
         "auto", description="'joint': one CP-SAT model over all layers; 'staged': MoETuner's "
         "two stages plus layer-wise refinement; 'auto': joint when small enough")
 
@@ -105,9 +103,10 @@ class MoeConfig(BaseModel):
 class ArenaConfig(BaseModel):
     """Configuration of the arena pass (device-memory offsets for all activations)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _FROZEN
 
-    method: Literal["auto", "search", "cp-sat", "greedy"] = Field(
+    method: Annotated[Literal["auto", "search", "cp-sat", "greedy"],
+                      Flag("--arena-method")] = Field(
         "auto", description="'auto': greedy-by-size, then the MiniMalloc-class search, then "
         "CP-SAT NoOverlap2D if the search stalls; or one of them alone")
     time_limit_s: float | None = Field(
@@ -115,34 +114,138 @@ class ArenaConfig(BaseModel):
         "time_limit_s")
 
 
+class Degradation(BaseModel):
+    """A quality gate: the largest drop of `metric` below the original model's value."""
+
+    model_config = _FROZEN
+
+    metric: Literal["cosine", "perplexity", "top1"] = Field(
+        "cosine", description="cosine: mean output cosine to the original; perplexity: rise "
+        "in next-token perplexity (relative); top1: drop in next-token top-1 agreement")
+    limit: float = Field(ge=0, description="the largest allowed degradation")
+
+
+def parse_degradation(text: str) -> Degradation:
+    """`0.01` (cosine) or `METRIC=X` -> Degradation."""
+    from mapper.errors import UserError
+
+    metric, sep, value = text.rpartition("=") if "=" in text else ("cosine", "", text)
+    del sep
+    try:
+        return Degradation(metric=metric.strip() or "cosine", limit=float(value))  # type: ignore[arg-type]
+    except Exception:
+        raise UserError(f"--max-degradation {text!r}: expected a number (cosine drop, e.g. "
+                        "0.01) or METRIC=X with METRIC one of cosine, perplexity, top1"
+                        ) from None
+
+
+def _bits(text: str) -> float | str:
+    from mapper.errors import UserError
+
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"--bits {text!r}: expected a number of bits (2, 3, 4, 8; LQ-LoRA takes "
+                        "an average such as 2.75) or 'auto'") from None
+
+
+class CompressionConfig(BaseModel):
+    """Settings every weight-rewriting pass (rtn, gqsa, lqlora) shares; `method` picks one."""
+
+    model_config = _FROZEN
+    method: Annotated[CompressMethod | None, Flag("--compress")] = Field(
+        None, description="the lossy weight-rewriting pass to opt into: rtn (round to "
+        "nearest), gqsa (group quantization + group sparsity), lqlora (low rank + quantized)")
+    bits: Annotated[float | Literal["auto"] | None,
+                    Flag("--bits", metavar="B", parse=_bits)] = Field(
+        None, description="bits per weight code (rtn/gqsa: 2, 3, 4 or 8; lqlora: the average "
+        "budget, e.g. 2.75, or 'auto' to fit the device); default: the pass's own")
+    group_size: Annotated[int | None, Flag("--group-size", metavar="G")] = Field(
+        None, ge=1, description="weights per scale along the reduction dim (a power of two, "
+        "16 to 256); default: the pass's own")
+    symmetric: Annotated[bool, Flag("--symmetric")] = Field(
+        False, description="symmetric codes (no zero points) instead of asymmetric")
+    format: Annotated[Literal["matmulnbits", "qdq", "lut"] | None, Flag("--format")] = Field(
+        None, description="how the quantized weights are emitted: com.microsoft.MatMulNBits "
+        "(2/4/8 bits), blocked DequantizeLinear + MatMul (qdq: 4/8 bits), or bit-packed codes "
+        "and a level table in standard ONNX (lut: 1-8 bits); default: the first that holds "
+        "--bits")
+    exclude: Annotated[tuple[str, ...], Flag("--exclude", metavar="NAME_OR_GLOB",
+                                             multiple=True)] = Field(
+        (), description="weights or nodes (names or shell globs) to leave dense; repeatable")
+    embeddings: Annotated[Literal["auto", "on", "off"], Flag("--embeddings")] = Field(
+        "auto", description="quantize Gather embedding tables too: auto does so when the table "
+        "is at least a tenth of the weights")
+    max_degradation: Annotated[Degradation | None, Flag(
+        "--max-degradation", metavar="X|METRIC=X", parse=parse_degradation)] = Field(
+        None, description="fail (exit 4, nothing written) when quality drops more than this "
+        "below the original: a cosine drop, or METRIC=X")
+    calib_samples: int = Field(32, ge=1, description="calibration inputs used to fit the "
+                               "weights (the first ones of --calib, or generated)")
+    eval_samples: int = Field(16, ge=1, description="held-out inputs the quality is measured "
+                              "on, disjoint from the calibration ones")
+
+    @model_validator(mode="after")
+    def _group_power_of_two(self) -> CompressionConfig:
+        if self.group_size is not None and (self.group_size & (self.group_size - 1)):
+            raise ValueError(f"--group-size {self.group_size} is not a power of two")
+        return self
+
+
 class CompileOptions(BaseModel):
     """Everything `mapper compile` takes besides the model, hardware and output directory."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _FROZEN
 
-    input_shapes: dict[str, tuple[int, ...]] = Field(
+    input_shapes: Annotated[dict[str, tuple[int, ...]], Flag(
+        "--input-shape", metavar="NAME=1x3x224x224", parse=parse_shape, multiple=True,
+        collect=as_dict, help="Static shape of an input with dynamic dims, NAME=1x3x224x224 "
+        "or NAME:1,3,224,224 (repeatable)")] = Field(
         default_factory=dict, description="static shapes for graph inputs with dynamic dims")
-    dims: dict[str, int] = Field(default_factory=dict,
-                                 description="values for named dynamic dims (dim_param)")
-    hardware_overrides: tuple[str, ...] = Field(
+    dims: Annotated[dict[str, int], Flag(
+        "--dim", metavar="NAME=VALUE", parse=parse_dim, multiple=True, collect=as_dict,
+        help="Value of a named dynamic dim (repeatable)")] = Field(
+        default_factory=dict, description="values for named dynamic dims (dim_param)")
+    hardware_overrides: Annotated[tuple[str, ...], Flag(
+        "--set", metavar="PATH=VALUE", multiple=True,
+        help="Override a hardware field, e.g. memory.l2.size=80MiB (repeatable)")] = Field(
         (), description="PATH=VALUE overrides of hardware fields, applied in order")
-    scratchpad: int | None = Field(
-        None, gt=0, description="bytes of the managed on-chip level for the memory pass")
-    passes: tuple[str, ...] | None = Field(
-        None, description="run only these passes (pipeline order is kept)")
-    skip: tuple[str, ...] = Field((), description="passes not to run")
-    compress: Literal["gqsa", "lqlora"] | None = Field(
-        None, description="the lossy compression pass to opt into")
-    calib: Path | None = Field(
-        None, description="calibration inputs (.npz, one array per input, samples first); "
-        "also feed the run that measures shapes ONNX inference cannot know")
-    seed: int = Field(0, ge=0, description="seed of every solver and random choice")
-    time_limit_s: float = Field(30.0, gt=0, description="solver budget per pass, seconds")
-    estimate: EstimateConfig = Field(default_factory=EstimateConfig,
-                                     description="estimate pass settings")
+    scratchpad: Annotated[int | None, Flag("--scratchpad", metavar="SIZE", parse=parse_size)] = \
+        Field(None, gt=0, description="capacity of the managed on-chip level for the memory "
+              "pass (512KiB, 2MiB)")
+    passes: Annotated[tuple[str, ...] | None, Flag("--passes", metavar="A,B",
+                                                   parse=parse_names)] = Field(
+        None, description="run only these lossless passes (pipeline order is kept)")
+    skip: Annotated[tuple[str, ...], Flag("--skip", metavar="A,B", parse=parse_names)] = Field(
+        (), description="passes not to run")
+    precision: Annotated[Precision, Flag("--precision")] = Field(
+        "model", description="deployment precision: float weights and activations are stored, "
+        "moved and computed in this dtype everywhere (memory, arena, tiling, estimate); "
+        "'model' keeps the graph's own dtypes")
+    calib: Annotated[Path | None, Flag("--calib", metavar="FILE.npz")] = Field(
+        None, description="calibration inputs (.npz, one array per graph input, samples "
+        "first): compression passes fit on them, MoE traces come from them, and they feed the "
+        "run that measures shapes ONNX inference cannot know")
+    seed: Annotated[int, Flag("--seed")] = Field(0, ge=0, description="seed of every solver "
+                                                 "and random choice")
+    time_limit_s: Annotated[float, Flag("--time-limit", metavar="S")] = Field(
+        30.0, gt=0, description="solver budget per pass, seconds")
+    compression: CompressionConfig = Field(default_factory=CompressionConfig,
+                                           description="weight-rewriting pass settings")
     moe: MoeConfig = Field(default_factory=MoeConfig, description="moe pass settings")
     memory: MemoryConfig = Field(default_factory=MemoryConfig,
                                  description="memory pass settings")
     tiling: TilingConfig = Field(default_factory=TilingConfig,
                                  description="tiling pass settings")
     arena: ArenaConfig = Field(default_factory=ArenaConfig, description="arena pass settings")
+
+    @property
+    def compress(self) -> CompressMethod | None:
+        """The lossy pass opted into, if any."""
+        return self.compression.method
+
+    def flag_for(self, path: str) -> str:
+        """The command-line flag of the dotted setting `path` (the path itself if none)."""
+        return flag_name(CompileOptions, path)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 from onnx import ModelProto
 
 from mapper.errors import MapperError, UserError
+from mapper.facts import Facts
 from mapper.graph import GraphView
 from mapper.hwmodels.schema import Hardware
 from mapper.options import CompileOptions
@@ -52,11 +53,13 @@ class PassContext:
     options: CompileOptions
     order: tuple[str, ...]
     plan: Mapping[str, Any] = field(default_factory=dict)
+    facts: Facts = field(default_factory=Facts)
 
 
 @dataclass(frozen=True)
 class PassResult:
-    """A pass's decisions: plan sections it fills, and optionally a new model or order."""
+    """A pass's decisions: plan sections it fills (for users), typed facts (for later
+    passes), and optionally a new model or order."""
 
     status: PassStatus = "ok"
     sections: Mapping[str, Any] = field(default_factory=dict)
@@ -64,6 +67,7 @@ class PassResult:
     order: tuple[str, ...] | None = None
     solver: SolverRecord | None = None
     notes: tuple[str, ...] = ()
+    facts: Facts = field(default_factory=Facts)
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,11 @@ class Pass(ABC):
     lossy: ClassVar[bool] = False
     # Plan sections this pass is the only writer of.
     writes: ClassVar[tuple[str, ...]] = ()
+    # Facts (mapper.facts.Facts fields) this pass establishes for later passes.
+    provides: ClassVar[tuple[str, ...]] = ()
+    # The CompileOptions field holding this pass's settings: setting any of them while the
+    # pass does not run is a user error that names the pass.
+    config_field: ClassVar[str | None] = None
 
     def skip_reason(self, context: PassContext) -> str | None:
         """Why the pass does not apply to this model/hardware (None: it applies)."""
@@ -110,6 +119,11 @@ class Pass(ABC):
         unexpected = set(result.sections) - set(self.writes)
         if unexpected:
             raise AssertionError(f"pass {self.name} wrote sections it does not own: {unexpected}")
+        foreign = set(result.facts.given()) - set(self.provides)
+        if foreign:
+            raise AssertionError(f"pass {self.name} gave facts it does not provide: {foreign}")
+        if result.model is not None:
+            check_rewritten_model(self.name, result.model)
         if result.order is not None and result.model is None \
                 and not context.view.is_topological(result.order):
             raise AssertionError(f"pass {self.name} returned an order that is not topological")
@@ -128,6 +142,31 @@ class InternalError(MapperError):
     exit_code = 1
 
 
+def check_rewritten_model(pass_name: str, model: ModelProto) -> None:
+    """What every model a pass returns must be: unique non-empty node names, a static type
+    and shape for every tensor a node produces, and a graph the ONNX checker accepts."""
+    import onnx
+
+    names = [node.name for node in model.graph.node]
+    if any(not name for name in names) or len(set(names)) != len(names):
+        raise AssertionError(f"pass {pass_name} returned a model whose node names are not "
+                             "unique and non-empty")
+    typed = {info.name for info in [*model.graph.value_info, *model.graph.output]
+             if info.type.tensor_type.HasField("shape")
+             and all(d.HasField("dim_value") for d in info.type.tensor_type.shape.dim)}
+    untyped = [out for node in model.graph.node for out in node.output
+               if out and out not in typed]
+    if untyped:
+        raise AssertionError(f"pass {pass_name} returned a model without static shapes for "
+                             f"{', '.join(untyped[:5])}")
+    if sum(init.ByteSize() for init in model.graph.initializer) < 2**31 - 2**28:
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as error:
+            raise AssertionError(f"pass {pass_name} returned a model the ONNX checker rejects: "
+                                 f"{str(error).splitlines()[0]}") from error
+
+
 def select_passes(pipeline: Sequence[Pass], options: CompileOptions) -> list[Pass]:
     """The passes to run: `--passes` picks (in pipeline order), `--skip` drops; lossy opt in."""
     known = [p.name for p in pipeline]
@@ -141,13 +180,41 @@ def select_passes(pipeline: Sequence[Pass], options: CompileOptions) -> list[Pas
                         f"version of mapper (its passes: {', '.join(known)})")
     chosen = []
     for candidate in pipeline:
-        if options.passes is not None:
+        if candidate.lossy:
+            wanted = candidate.name == options.compress or candidate.name in (options.passes or ())
+        elif options.passes is not None:
             wanted = candidate.name in options.passes
         else:
-            wanted = not candidate.lossy or candidate.name == options.compress
+            wanted = True
         if wanted and candidate.name not in options.skip:
             chosen.append(candidate)
+    _check_settings_of_unselected(pipeline, chosen, options)
     return chosen
+
+
+def _check_settings_of_unselected(pipeline: Sequence[Pass], chosen: Sequence[Pass],
+                                  options: CompileOptions) -> None:
+    """A setting of a pass that will not run is a mistake the user must hear about."""
+    running = {p.name for p in chosen}
+    shared = sorted(set(options.compression.model_fields_set) - {"method"})
+    if shared and options.compress is None:
+        flags = ", ".join(options.flag_for(f"compression.{name}") for name in shared)
+        lossy = ", ".join(p.name for p in pipeline if p.lossy) or "none in this build"
+        raise UserError(f"{flags} belongs to the compression passes ({lossy}), and none runs: "
+                        "add --compress METHOD, or remove the setting")
+    for candidate in pipeline:
+        field_name = candidate.config_field
+        if field_name is None or candidate.name in running:
+            continue
+        config = getattr(options, field_name, None)
+        given = sorted(getattr(config, "model_fields_set", ()) or ())
+        if not given:
+            continue
+        flags = ", ".join(options.flag_for(f"{field_name}.{name}") for name in given)
+        how = (f"add --compress {candidate.name}" if candidate.lossy
+               else "drop it from --skip or add it to --passes")
+        raise UserError(f"{flags} belongs to the {candidate.name} pass, which this compile "
+                        f"does not run: {how}, or remove the setting")
 
 
 @dataclass(frozen=True)
@@ -159,6 +226,7 @@ class PipelineOutcome:
     order: tuple[str, ...]
     sections: Mapping[str, Any]
     records: tuple[PassRecord, ...]
+    facts: Facts = field(default_factory=Facts)
 
 
 def run_pipeline(pipeline: Sequence[Pass], context: PassContext) -> PipelineOutcome:
@@ -192,13 +260,14 @@ def run_pipeline(pipeline: Sequence[Pass], context: PassContext) -> PipelineOutc
         model, view, order = context.model, context.view, context.order
         if result.model is not None:
             model = result.model
-            view = GraphView.from_model(model)
+            view = GraphView.from_model(model, context.view.precision)
             order = result.order or view.model_order
         elif result.order is not None:
             order = result.order
-        context = replace(context, model=model, view=view, order=order, plan=dict(sections))
+        context = replace(context, model=model, view=view, order=order, plan=dict(sections),
+                          facts=context.facts.merged(result.facts, current.name))
         records.append(PassRecord(current.name, result.status, time.perf_counter() - started,
                                   result.solver, result.notes))
         log.info("pass %s: %s in %.2f s", current.name, result.status, records[-1].seconds)
     return PipelineOutcome(model=context.model, view=context.view, order=context.order,
-                           sections=sections, records=tuple(records))
+                           sections=sections, records=tuple(records), facts=context.facts)

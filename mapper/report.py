@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from html import escape
 from typing import Any
 
+from mapper.compression.section import report_section as compression_section
 from mapper.passes.arena.report import arena_section
 from mapper.passes.memory.report import memory_section
 from mapper.passes.moe.report import moe_section
@@ -144,6 +145,7 @@ def _estimate_section(plan: dict[str, Any]) -> str:
 # Each renderer takes the plan and returns its HTML (empty when its section is absent);
 # a pass with a report section adds its renderer here, in pipeline order.
 SECTION_RENDERERS: tuple[Callable[[dict[str, Any]], str], ...] = (
+    compression_section,
     moe_section,
     kernels_section,
     memory_section,

@@ -1,4 +1,4 @@
-"""`mapper verify-plan MODEL PLAN`: an independent check of a plan.json (CONTRACTS.md 2-4).
+"""`mapper verify-plan MODEL PLAN`: an independent check of a plan.json (CONTRACTS.md 2-4, 7).
 
 Everything is recomputed here from the ONNX file and the plan alone, on purpose apart from
 the passes' own bookkeeping (mapper.graph, mapper.passes.memory, mapper.passes.arena): tensor
@@ -40,6 +40,16 @@ for _name, _bits in (("FLOAT8E4M3FN", 8), ("FLOAT8E4M3FNUZ", 8), ("FLOAT8E5M2", 
     if hasattr(TensorProto, _name):
         _BITS[getattr(TensorProto, _name)] = _bits
 _STRINGLIKE = (TensorProto.STRING, TensorProto.UNDEFINED)
+_FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+# Storage bits of each deployment precision (plan.model.precision): float tensors take it.
+_PRECISION_BITS = {"fp32": 32, "tf32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int8": 8}
+_CODES = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16,
+          TensorProto.INT4, TensorProto.UINT4}
+# Standard ops that may turn constant integer codes into a float weight.
+_DECODING = {"DequantizeLinear", "Cast", "CastLike", "Mul", "Sub", "Add", "Div", "Reshape",
+             "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Gather", "Identity", "Expand",
+             "Concat", "Slice", "BitShift", "BitwiseAnd", "BitwiseOr", "Tile", "Neg",
+              "Pad"}
 
 
 @dataclass(frozen=True)
@@ -109,17 +119,50 @@ def _node_reads(node: NodeProto) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _bytes(elem_type: int, dims: Sequence[int]) -> int | None:
+def _bytes(elem_type: int, dims: Sequence[int], precision: str = "model") -> int | None:
     if elem_type in _STRINGLIKE:
         return 0
     bits = _BITS.get(elem_type)
+    if precision in _PRECISION_BITS and elem_type in _FLOATS:
+        bits = _PRECISION_BITS[precision]
     if bits is None:
         return None
     return math.ceil(math.prod(dims) * bits / 8)
 
 
-def model_facts(model: ModelProto) -> ModelFacts:
-    """Read reads/writes per node and the size of every main-graph tensor from the model."""
+def _decoded_weights(graph: GraphProto) -> tuple[set[str], dict[str, tuple[str, ...]]]:
+    """Nodes that only decode constant integer codes into a float weight, and each decoded
+    tensor's source initializers. Runtimes fuse such nodes into the op that reads the
+    weight, so that op reads the sources and the decoded tensor never exists."""
+    initializers = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    sources: dict[str, tuple[str, ...]] = {}
+    coded: set[str] = set()
+    nodes: set[str] = set()
+    for node in graph.node:
+        names = [n for n in node.input if n]
+        if (node.domain not in ("", "ai.onnx") or node.op_type not in _DECODING or not names
+                or any(o in outputs for o in node.output)
+                or not all(n in initializers or n in sources for n in names)):
+            continue
+        codes = any(n in coded or (n in initializers and initializers[n].data_type in _CODES
+                                   and math.prod(initializers[n].dims) >= 16) for n in names)
+        if not codes:
+            continue
+        roots: list[str] = []
+        for n in names:
+            roots.extend(sources.get(n, (n,) if n in initializers else ()))
+        for out in node.output:
+            if out:
+                sources[out] = tuple(dict.fromkeys(roots))
+                coded.add(out)
+        nodes.add(node.name)
+    return nodes, sources
+
+
+def model_facts(model: ModelProto, precision: str = "model") -> ModelFacts:
+    """Read reads/writes per node and the size of every main-graph tensor from the model,
+    float tensors at the deployment `precision`."""
     graph = model.graph
     sizes: dict[str, int | None] = {}
     for info in [*graph.input, *graph.value_info, *graph.output]:
@@ -131,17 +174,24 @@ def model_facts(model: ModelProto) -> ModelFacts:
         tensor = info.type.tensor_type
         static = tensor.HasField("shape") and all(d.HasField("dim_value")
                                                   for d in tensor.shape.dim)
-        size = _bytes(tensor.elem_type, [d.dim_value for d in tensor.shape.dim]) \
+        size = _bytes(tensor.elem_type, [d.dim_value for d in tensor.shape.dim], precision) \
             if static else None
         if size is not None or info.name not in sizes:
             sizes[info.name] = size
     for init in graph.initializer:
-        sizes[init.name] = _bytes(init.data_type, list(init.dims))
+        sizes[init.name] = _bytes(init.data_type, list(init.dims), precision)
+    decoders, decoded = _decoded_weights(graph)
     nodes: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
     producer: dict[str, str] = {}
     for node in graph.node:
+        if node.name in decoders:
+            nodes[node.name] = ((), ())
+            continue
         writes = tuple(name for name in node.output if name)
-        nodes[node.name] = (_node_reads(node), writes)
+        reads: list[str] = []
+        for name in _node_reads(node):
+            reads.extend(decoded.get(name, (name,)))
+        nodes[node.name] = (tuple(dict.fromkeys(reads)), writes)
         for name in writes:
             producer[name] = node.name
             sizes.setdefault(name, None)
@@ -541,9 +591,53 @@ def _check_arena(facts: ModelFacts, plan: Mapping[str, Any], order: Sequence[str
     return numbers
 
 
+def _check_compression(model: ModelProto, section: Any, facts: ModelFacts, report: _Report
+                       ) -> None:
+    """Every listed weight exists, and its bits per weight recomputed from the stored
+    initializers it names (codes, scales, zero points, factors) match the plan's."""
+    if not isinstance(section, dict) or not isinstance(section.get("weights"), list):
+        report.add("compression", "`weights` is missing or not a list")
+        return
+    initializers = {i.name for i in model.graph.initializer}
+    total_bits = 0.0
+    total_elements = 0
+    for entry in section["weights"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            report.add("compression", f"weight entry {entry!r} has no name")
+            continue
+        name = entry["name"]
+        parts = [*entry.get("parts", ()), *entry.get("factors", ())]
+        missing = [p for p in parts if p not in initializers]
+        if not parts or missing:
+            report.add("compression", f"weight {name!r}: stored parts {missing or parts!r} are "
+                       "not initializers of the model")
+            continue
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(_is_int(d) and d > 0 for d in shape):
+            report.add("compression", f"weight {name!r}: shape {shape!r} is not a list of "
+                       "positive dims")
+            continue
+        elements = math.prod(shape)
+        stored = sum(facts.sizes.get(p) or 0 for p in parts)
+        bits = 8.0 * stored / elements
+        total_bits += 8.0 * stored
+        total_elements += elements
+        claimed = entry.get("bits_per_weight")
+        if not isinstance(claimed, int | float) or abs(bits - claimed) > 1e-3 * max(1, bits):
+            report.add("compression", f"weight {name!r}: bits_per_weight is {claimed!r}, the "
+                       f"stored initializers give {bits:.6f}")
+    claimed_total = section.get("bits_per_weight")
+    if total_elements and (not isinstance(claimed_total, int | float)
+                           or abs(total_bits / total_elements - claimed_total) > 1e-3):
+        report.add("compression", f"bits_per_weight is {claimed_total!r}, the stored "
+                   f"initializers give {total_bits / total_elements:.6f}")
+
+
 def check_plan(model: ModelProto, plan: Mapping[str, Any]) -> PlanCheck:
     """Check `plan` against `model` (the compile's OUT/model.onnx) by CONTRACTS.md 2-4."""
-    facts = model_facts(model)
+    precision = (plan.get("model") or {}).get("precision", "model") \
+        if isinstance(plan.get("model"), dict) else "model"
+    facts = model_facts(model, precision if isinstance(precision, str) else "model")
     report = _Report()
     checked = ["plan", "schedule"]
     notes: list[str] = []
@@ -562,6 +656,9 @@ def check_plan(model: ModelProto, plan: Mapping[str, Any]) -> PlanCheck:
             traffic = _check_memory(facts, plan, order, report)
         else:
             arena = _check_arena(facts, plan, order, report)
+    if plan.get("compression") is not None:
+        checked.append("compression")
+        _check_compression(model, plan["compression"], facts, report)
     return PlanCheck(violations=tuple(report.violations), checked=tuple(checked),
                      traffic=traffic, arena=arena, notes=tuple(notes))
 

@@ -1,95 +1,49 @@
-"""Estimate pass: per-operator roofline time on the chosen hardware and the model's latency.
+"""Estimate pass: every operator priced by the core cost model, and the model's latency.
 
-Each operator reads its inputs from and writes its outputs to main memory and runs at its
-dtype's peak: time = max(FLOPs / peak, bytes / bandwidth) + the hardware's per-op overhead.
-Matrix ops (MatMul, Gemm, Conv) use the matrix-unit peak of their dtype; the rest use the
-vector (fp32) peak. Kernel times from the tiling pass replace the roofline's for the GEMMs
-they cover. Where the memory pass ran, each other operator's bytes are split by its plan: the
-step's off-chip bytes at main-memory bandwidth, the rest at the managed level's bandwidth
-(so a bigger scratchpad shows up as lower latency), and `offchip_bytes` is the plan's total.
-Operators run one after another.
-When the moe pass placed experts across devices, its per-forward all-to-all time
-(`plan.moe.metrics.alltoall_s`: token transfers between consecutive MoE layers) is added
-to `latency_s` and reported as `moe_alltoall_s`; the experts' compute is already in the
-per-op rows, so it is not added again.
+Each operator is priced by `mapper.costs.op_time` on the bytes the graph view stores
+(float tensors at the deployment precision, quantized weights at their packed bytes, plus
+the work of decoding them). Kernel times from the tiling pass replace the roofline's for the
+GEMMs they cover. Where the memory pass planned this very order, each other operator's bytes
+are split by its plan: the step's off-chip bytes at main-memory bandwidth, the rest at the
+managed level's bandwidth (so a bigger scratchpad shows up as lower latency), and
+`offchip_bytes` is the plan's total. Operators run one after another. When the moe pass
+placed experts across devices, its per-forward all-to-all time is added to `latency_s` and
+reported as `moe_alltoall_s`; the experts' compute is already in the per-op rows.
+
+`fits`: the weights plus peak activations against the memory that holds them (the main
+memory of the hardware model).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mapper.graph import GraphView, Node
-from mapper.hwmodels.schema import Hardware
+from mapper.costs import MATRIX_CATEGORIES, dequant_ops, op_time
+from mapper.graph import GraphView
 from mapper.pipeline import Pass, PassContext, PassResult
 
-# When the hardware lacks a dtype, the nearest one a deployment would use instead.
-_FALLBACKS = {
-    "fp64": ("fp64", "fp32", "tf32", "bf16", "fp16", "int16", "int8"),
-    "fp32": ("fp32", "tf32", "bf16", "fp16", "int16", "int8"),
-    "tf32": ("tf32", "fp32", "bf16", "fp16", "int16", "int8"),
-    "fp16": ("fp16", "bf16", "fp32", "int16", "int8"),
-    "bf16": ("bf16", "fp16", "fp32", "int16", "int8"),
-    "fp8": ("fp8", "int8", "fp16", "bf16", "int16"),
-    "int16": ("int16", "fp16", "bf16", "int8", "fp32"),
-    "int8": ("int8", "fp8", "int16", "fp16", "bf16", "fp32"),
-    "int4": ("int4", "int8", "fp8", "int16", "fp16"),
-}
-_MATRIX_CATEGORIES = ("matmul", "conv", "recurrent")
-_VECTOR_DTYPES = ("fp32", "fp16", "bf16", "int16", "int8")
 
-
-def peak_for(hardware: Hardware, dtype: str, matrix: bool) -> tuple[float, str]:
-    """Peak ops/s for an op of `dtype`, and the dtype that peak belongs to (after fallback)."""
-    chain = _FALLBACKS.get(dtype, ("fp32", "bf16", "fp16", "int8"))
-    if not matrix:
-        # Vector units run element-wise work at the fp32 rate on GPUs; NPUs/TPUs without fp32
-        # fall back along the same chain.
-        chain = tuple(d for d in ("fp32", *chain) if d in _VECTOR_DTYPES)
-    for candidate in chain:
-        peak = hardware.peak(candidate)  # type: ignore[arg-type]
-        if peak:
-            return peak, candidate
-    best = max(hardware.compute.peak_ops.items(), key=lambda item: item[1])
-    return best[1], best[0]
-
-
-def op_time(node: Node, hardware: Hardware, precision: str, bandwidth: float,
-            offchip: int | None = None, onchip_bandwidth: float | None = None
-            ) -> dict[str, Any]:
-    """One row of the per-op table: the roofline time of `node` and what bounds it. With a
-    memory plan, only `offchip` of its bytes go at main-memory `bandwidth`; the rest are served
-    by the managed on-chip level at `onchip_bandwidth`."""
-    if node.category == "view":
-        return {"node": node.name, "op": node.op_type, "dtype": node.dtype, "flops": 0,
-                "bytes": 0, "time_s": 0.0, "bound": "none"}
-    matrix = node.category in _MATRIX_CATEGORIES
-    dtype = precision if (precision != "model" and matrix) else node.dtype
-    peak, used = peak_for(hardware, dtype, matrix)
-    moved = node.bytes_read + node.bytes_written
-    compute_s = node.flops / peak
-    if offchip is None or not onchip_bandwidth:
-        memory_s = moved / bandwidth
-    else:
-        memory_s = offchip / bandwidth + max(0, moved - offchip) / onchip_bandwidth
-    return {"node": node.name, "op": node.op_type, "dtype": used, "flops": int(node.flops),
-            "bytes": moved, "time_s": max(compute_s, memory_s) + hardware.compute.op_overhead_s,
-            "bound": "compute" if compute_s >= memory_s else "memory"}
-
-
-def peak_device_bytes(view: GraphView, order: tuple[str, ...],
-                      arena: dict[str, Any] | None = None) -> int:
+def peak_device_bytes(view: GraphView, order: tuple[str, ...], arena_bytes: int | None = None
+                      ) -> int:
     """Weights + inputs + the activation arena (the arena pass's size where it ran, else the
     most activation bytes live at once in `order`)."""
-    if arena is not None:
-        return view.weight_bytes() + view.input_bytes() + int(arena["size"])
+    if arena_bytes is not None:
+        return view.weight_bytes() + view.input_bytes() + int(arena_bytes)
     live = view.live_activation_bytes(order)
     return view.weight_bytes() + view.input_bytes() + (max(live) if live else 0)
 
 
-def _step_offchip(memory: dict[str, Any] | None, steps: int) -> list[int] | None:
-    """Off-chip bytes per step from the memory pass, when it ran on this very order."""
-    per_step = (memory or {}).get("step_offchip")
-    return list(per_step) if per_step is not None and len(per_step) == steps else None
+def _rows(view: GraphView, name: str) -> int:
+    """Rows of activations a matrix op multiplies its weights with (M of its GEMM)."""
+    node = view.nodes[name]
+    if not node.outputs or not view.tensors[node.outputs[0]].shape:
+        return 1
+    shape = view.tensors[node.outputs[0]].shape
+    last = shape[-1] if shape else 1
+    total = 1
+    for dim in shape:
+        total *= dim
+    return max(1, total // max(last, 1))
 
 
 class EstimatePass(Pass):
@@ -101,42 +55,51 @@ class EstimatePass(Pass):
 
     def run(self, context: PassContext) -> PassResult:
         """Price every node in schedule order; prefer kernel times and traffic from passes."""
-        hardware = context.hardware
+        hardware, view, facts = context.hardware, context.view, context.facts
         _, main = hardware.main_memory
-        precision = context.options.estimate.precision
-        kernel_times = {k["node"]: k["est_time_s"] for k in context.plan.get("kernels") or []}
-        memory = context.plan.get("memory")
-        step_offchip = _step_offchip(memory, len(context.order))
+        kernel_times = facts.kernels.seconds if facts.kernels else {}
+        step_offchip = facts.traffic.for_order(context.order) if facts.traffic else None
         managed = hardware.managed_level
         onchip_bandwidth = managed[1].bandwidth if managed and step_offchip else None
-        rows = []
+        rows: list[dict[str, Any]] = []
         for step, name in enumerate(context.order):
-            row = op_time(context.view.nodes[name], hardware, precision, main.bandwidth,
-                          step_offchip[step] if step_offchip else None, onchip_bandwidth)
+            node = view.nodes[name]
+            dequant = sum(dequant_ops(view.formats[w], _rows(view, name))
+                          for w in node.weights if view.formats[w].quantized)
+            priced = op_time(node, hardware, main.bandwidth,
+                             step_offchip[step] if step_offchip else None, onchip_bandwidth,
+                             dequant)
+            row = priced.to_dict()
             if name in kernel_times:
                 row["time_s"] = kernel_times[name] + hardware.compute.op_overhead_s
                 row["source"] = "tiling"
             rows.append(row)
-        offchip = sum(row["bytes"] for row in rows)
-        if memory and "traffic" in memory:
-            offchip = memory["traffic"]["total"]
+        offchip = facts.traffic.total if facts.traffic else sum(row["bytes"] for row in rows)
         # Only matrix ops have a dtype-specific peak worth a note; vector work runs at the
         # vector rate whatever its dtype.
-        substituted = sorted({(node.dtype, row["dtype"]) for row in rows
-                              for node in (context.view.nodes[row["node"]],)
-                              if node.category in _MATRIX_CATEGORIES and precision == "model"
-                              and row["dtype"] != node.dtype})
-        notes = tuple(f"{hardware.name} has no {src} matrix peak: {src} matrix ops priced at "
-                      f"its {dst} peak" for src, dst in substituted)
-        moe = context.plan.get("moe")
-        alltoall = float(moe["metrics"]["alltoall_s"]) if moe else 0.0
+        substituted = sorted({(view.nodes[row["node"]].dtype, row["dtype"]) for row in rows
+                              if view.nodes[row["node"]].category in MATRIX_CATEGORIES
+                              and row["dtype"] != view.nodes[row["node"]].dtype})
+        notes = [f"{hardware.name} has no {src} matrix peak: {src} matrix ops priced at its "
+                 f"{dst} peak" for src, dst in substituted]
+        alltoall = facts.alltoall.seconds if facts.alltoall else 0.0
+        arena_bytes = facts.arena.bytes if facts.arena else None
+        peak = peak_device_bytes(view, context.order, arena_bytes)
+        holding, level = hardware.main_memory
+        device_memory = level.size
+        fits = peak <= device_memory
+        if not fits:
+            notes.insert(0, f"does not fit: weights + peak activations need {peak} B, the "
+                         f"{holding} of {hardware.name} holds {device_memory} B")
         estimate = {
             "latency_s": sum(row["time_s"] for row in rows) + alltoall,
             "moe_alltoall_s": alltoall,
             "offchip_bytes": int(offchip),
-            "peak_device_bytes": peak_device_bytes(context.view, context.order,
-                                                   context.plan.get("arena")),
-            "precision": precision,
+            "peak_device_bytes": peak,
+            "device_memory_bytes": device_memory,
+            "fits": fits,
+            "weight_bytes": view.weight_bytes(),
+            "precision": view.precision,
             "ops": rows,
         }
-        return PassResult(sections={"estimate": estimate}, notes=notes)
+        return PassResult(sections={"estimate": estimate}, notes=tuple(notes))

@@ -8,7 +8,8 @@ import onnxruntime as ort
 import pytest
 
 from mapper.errors import UserError
-from mapper.loader import MIN_OPSET, ShapeSpec, load_model, parse_dim, parse_shape
+from mapper.flags import parse_dim, parse_shape
+from mapper.loader import MIN_OPSET, ShapeSpec, load_model
 from tests import onnx_builders as build
 
 

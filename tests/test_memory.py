@@ -17,8 +17,8 @@ from mapper.driver import compile_model
 from mapper.graph import GraphView
 from mapper.options import CompileOptions, MemoryConfig
 from mapper.passes.memory.belady import belady
+from mapper.passes.memory.memory_pass import plan_order
 from mapper.passes.memory.order import list_schedule, search_order
-from mapper.passes.memory.pass_ import plan_order
 from mapper.passes.memory.planner import baseline_plan, solve_order
 from mapper.passes.memory.problem import (
     Problem,

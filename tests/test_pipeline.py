@@ -88,8 +88,8 @@ def context(tmp_path) -> PassContext:
 def test_lossy_passes_only_on_request_and_unknown_names_rejected():
     pipeline = [Lossy(), Recorder()]
     assert [p.name for p in select_passes(pipeline, CompileOptions())] == ["recorder"]
-    assert [p.name for p in select_passes(pipeline, CompileOptions(compress="gqsa"))] == \
-        ["gqsa", "recorder"]
+    gqsa = CompileOptions(compression={"method": "gqsa"})
+    assert [p.name for p in select_passes(pipeline, gqsa)] == ["gqsa", "recorder"]
     assert select_passes(pipeline, CompileOptions(skip=("recorder",))) == []
     assert [p.name for p in select_passes(pipeline, CompileOptions(passes=("gqsa",)))] == \
         ["gqsa"]
@@ -97,7 +97,27 @@ def test_lossy_passes_only_on_request_and_unknown_names_rejected():
         select_passes(pipeline, CompileOptions(passes=("tiling",)))
     # A lossy pass this pipeline lacks is an error, not a compile without it.
     with pytest.raises(UserError, match="'lqlora' is not available"):
-        select_passes(pipeline, CompileOptions(compress="lqlora"))
+        select_passes(pipeline, CompileOptions(compression={"method": "lqlora"}))
+
+
+class Configured(Pass):
+    name = "moe"
+    description = "a pass with settings"
+    config_field = "moe"
+
+    def run(self, context: PassContext) -> PassResult:
+        return PassResult()
+
+
+def test_a_setting_of_a_pass_that_does_not_run_names_the_pass():
+    pipeline = [Lossy(), Configured(), Recorder()]
+    with pytest.raises(UserError, match=r"--bits belongs to the compression passes \(gqsa\)"):
+        select_passes(pipeline, CompileOptions(compression={"bits": 4}))
+    with pytest.raises(UserError, match="--devices belongs to the moe pass"):
+        select_passes(pipeline, CompileOptions(moe={"devices": 2}, skip=("moe",)))
+    # Set while the pass runs, or left at defaults while it does not: fine.
+    assert len(select_passes(pipeline, CompileOptions(moe={"devices": 2}))) == 2
+    assert len(select_passes(pipeline, CompileOptions(skip=("moe",)))) == 1
 
 
 def test_skipped_pass_is_recorded_with_its_reason(context):

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mapper.errors import InfeasibleError
+from mapper.formats import WeightFormat
 from mapper.graph import GraphView
 from mapper.hwmodels.loader import load_hardware
 from mapper.loader import load_model
@@ -85,18 +86,23 @@ def test_problems_cover_matmul_attention_gemm_conv(zoo):
     assert conv.a_bytes == 1 * 4 * 10 * 10 * 4       # the real input, not the im2col matrix
     assert conv.b_bytes == 8 * 2 * 3 * 3 * 4
     assert all(s.problem.dtype == "fp32" for s in sites)
-    fp16, _ = extract_problems(model, view, view.model_order, precision="fp16")
+    fp16, _ = extract_problems(model, GraphView.from_model(model, "fp16"), view.model_order)
     assert {s.problem.dtype for s in fp16} == {"fp16"}
     assert next(s.problem for s in fp16 if s.node == "linear").a_bits == 16
 
 
-def test_compressed_weight_is_read_at_its_bits(zoo):
-    model, view = zoo
-    compression = {"weights": [{"name": "w1", "bits": 4, "bits_per_weight": 4.5}]}
-    sites, _ = extract_problems(model, view, view.model_order, "fp16", compression)
+def test_a_quantized_weight_is_read_at_its_stored_bytes(zoo):
+    model, _ = zoo
+    dense = GraphView.from_model(model, "fp16")
+    packed = WeightFormat(name="w1", shape=(64, 96), scheme="int", bits=4, group_size=32,
+                          symmetric=False, sparsity=0.0, rank=0, stored_bytes=3456,
+                          packed_bytes=3456, parts=("w1",), container="MatMulNBits")
+    view = GraphView(dense.nodes, dense.tensors, dense.graph_outputs, "fp16",
+                     {**dense.formats, "w1": packed})
+    sites, _ = extract_problems(model, view, view.model_order)
     linear = next(s.problem for s in sites if s.node == "linear")
     assert linear.dtype == "fp16" and linear.b_bits == 4
-    assert linear.b_bytes == int(64 * 96 * 4.5 / 8)
+    assert linear.b_bytes == 3456
 
 
 def test_pass_records_every_gemm_once_and_caches_identical_shapes(zoo):
@@ -154,16 +160,16 @@ def test_dtype_fallback_or_exit3(zoo):
     from mapper.passes.tiling import TilingPass
 
     model, view = zoo
-    result = TilingPass()(_context(model, view, "v100",
-                                   tiling=TilingConfig(precision="fp8")))
+    view = GraphView.from_model(model, "fp8")
+    result = TilingPass()(_context(model, view, "v100", precision="fp8"))
     kernels = result.sections["kernels"]
     assert {k["dtype"] for k in kernels} == {"fp16"}
     assert all(k["fallback"] == {"requested_dtype": "fp8", "reason": kernels[0]["fallback"][
         "reason"]} for k in kernels)
     assert "nearest supported dtype" in kernels[0]["fallback"]["reason"]
     with pytest.raises(InfeasibleError, match="nearest supported dtype is fp16"):
-        TilingPass()(_context(model, view, "v100", tiling=TilingConfig(
-            precision="fp8", dtype_fallback=False)))
+        TilingPass()(_context(model, view, "v100", precision="fp8",
+                              tiling=TilingConfig(dtype_fallback=False)))
 
 
 def test_no_tile_fits_is_recorded_not_a_crash(zoo):

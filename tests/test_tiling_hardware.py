@@ -10,7 +10,7 @@ import models
 from mapper.graph import GraphView
 from mapper.hwmodels.loader import builtin_catalog
 from mapper.loader import ShapeSpec, load_model
-from mapper.options import CompileOptions, TilingConfig
+from mapper.options import CompileOptions
 from mapper.passes.tiling import TilingPass
 from mapper.passes.tiling.constraints import check_record
 from mapper.passes.tiling.problems import extract_problems
@@ -31,7 +31,9 @@ def loaded():
 
 def _run(loaded, name, hw, precision=None):
     model, view = loaded[name]
-    options = CompileOptions(dims=_DIMS.get(name, {}), tiling=TilingConfig(precision=precision))
+    if precision is not None:
+        view = GraphView.from_model(model, precision)
+    options = CompileOptions(dims=_DIMS.get(name, {}), precision=precision or "model")
     context = PassContext(model=model, view=view, hardware=hw, options=options,
                           order=view.model_order)
     return model, view, TilingPass()(context)
@@ -47,7 +49,7 @@ def test_every_config_satisfies_every_constraint(loaded, hw):
     for name, precision in runs:
         model, view, result = _run(loaded, name, hw, precision)
         kernels = result.sections["kernels"]
-        sites, _ = extract_problems(model, view, view.model_order, precision)
+        sites, _ = extract_problems(model, view, view.model_order)
         assert [k["node"] for k in kernels] == [s.node for s in sites], (name, result.notes)
         assert result.status == "ok" and result.solver.status == "OPTIMAL"
         for record in kernels:

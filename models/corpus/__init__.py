@@ -45,7 +45,8 @@ __all__ = [
 ]
 
 CATEGORIES = frozenset(
-    {"other-exporter", "legacy-ir3", "control-flow", "state-inputs", "dynamic-dims", "cnn"}
+    {"other-exporter", "legacy-ir3", "control-flow", "state-inputs", "dynamic-dims", "cnn",
+     "quantized"}
 )
 
 # Bump when a builder changes what it writes: cached files with another stamp are rebuilt.
@@ -135,6 +136,9 @@ class CorpusEntry:
 
 
 def _builder_versions(name: str) -> str:
+    if name.startswith("q_"):
+        return (f"onnx=={onnx.__version__},"
+                f"onnxruntime=={importlib.metadata.version('onnxruntime')}")
     if name != "sklearn_pipeline":
         return f"onnx=={onnx.__version__}"
     versions = []
@@ -482,6 +486,49 @@ _ENTRIES: list[CorpusEntry] = [
         ir_version=6,
         builder=_build("control_flow", "loop_decoder"),
     ),
+    # ---- built: already quantized (onnxruntime's quantizers, and by hand) ------------
+    CorpusEntry(
+        name="q_ort_matmulnbits_mlp",
+        description="3-layer MLP through onnxruntime's MatMulNBitsQuantizer (4-bit, blocks of "
+        "32, asymmetric): com.microsoft.MatMulNBits with packed uint8 weights",
+        source="built: onnxruntime.quantization.matmul_nbits_quantizer",
+        categories=frozenset({"quantized", "other-exporter"}), input_shapes=None, opset=17,
+        ir_version=8, builder=_build("quantized", "ort_matmulnbits_mlp")),
+    CorpusEntry(
+        name="q_ort_dynamic_mlp",
+        description="3-layer MLP through onnxruntime's quantize_dynamic: int8 weights read "
+        "by MatMulInteger, activations quantized at run time (DynamicQuantizeLinear)",
+        source="built: onnxruntime.quantization.quantize_dynamic",
+        categories=frozenset({"quantized", "other-exporter"}), input_shapes=None, opset=17,
+        ir_version=8, builder=_build("quantized", "ort_dynamic_mlp")),
+    CorpusEntry(
+        name="q_ort_static_cnn",
+        description="small CNN through onnxruntime's quantize_static (QOperator, per-channel "
+        "int8 weights): QLinearConv and QGemm on uint8 activations",
+        source="built: onnxruntime.quantization.quantize_static",
+        categories=frozenset({"quantized", "other-exporter", "cnn"}), input_shapes=None,
+        opset=17, ir_version=8, builder=_build("quantized", "ort_static_cnn")),
+    CorpusEntry(
+        name="q_dq_per_channel_mlp",
+        description="3-layer MLP with int8 weights and per-channel DequantizeLinear feeding "
+        "each MatMul (QDQ weight-only, by hand)",
+        source="built: by hand with onnx.helper",
+        categories=frozenset({"quantized"}), input_shapes=None, opset=17, ir_version=8,
+        builder=_build("quantized", "hand_dq_per_channel_mlp")),
+    CorpusEntry(
+        name="q_cast_mul_mlp",
+        description="3-layer MLP with int8 weights decoded by Cast then Mul by a per-channel "
+        "scale (older converters' weight-only int8)",
+        source="built: by hand with onnx.helper",
+        categories=frozenset({"quantized"}), input_shapes=None, opset=17, ir_version=8,
+        builder=_build("quantized", "hand_cast_mul_mlp")),
+    CorpusEntry(
+        name="q_blocked_int4_mlp",
+        description="3-layer MLP with int4 weights and blocked DequantizeLinear (opset 21, "
+        "blocks of 32 along K)",
+        source="built: by hand with onnx.helper",
+        categories=frozenset({"quantized"}), input_shapes=None, opset=21, ir_version=10,
+        builder=_build("quantized", "hand_blocked_int4_mlp")),
 ]
 
 CORPUS: dict[str, CorpusEntry] = {e.name: e for e in _ENTRIES}

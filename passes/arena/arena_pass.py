@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mapper.facts import ArenaSize, Facts
 from mapper.graph import GraphView
 from mapper.passes.arena.problem import Buffer
 from mapper.passes.arena.solve import ArenaResult, minimize_arena
@@ -43,6 +44,8 @@ class ArenaPass(Pass):
     description = ("device-memory offsets for every activation: MiniMalloc-class search, "
                    "CP-SAT fallback, against the lower bound and greedy-by-size")
     writes = ("arena",)
+    provides = ("arena",)
+    config_field = "arena"
 
     def skip_reason(self, context: PassContext) -> str | None:
         """Nothing to place when no node produces a tensor with bytes."""
@@ -70,4 +73,5 @@ class ArenaPass(Pass):
                               result.size, result.bound, seed)
         status = "fallback" if result.timed_out and not result.improved else "ok"
         return PassResult(status=status, sections={"arena": arena_section(buffers, result)},
-                          solver=solver, notes=tuple(notes))
+                          solver=solver, notes=tuple(notes),
+                          facts=Facts(arena=ArenaSize(bytes=int(result.size))))

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mapper.costs import peak_for
 from mapper.hwmodels.schema import Hardware
-from mapper.passes.estimate import peak_for
 
 
 @dataclass(frozen=True)

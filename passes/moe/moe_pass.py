@@ -8,17 +8,16 @@ added to the latency estimate by the estimate pass.
 
 from __future__ import annotations
 
-from mapper.calibration import load_calibration
+from mapper.calibration import calibration_feeds, generated_inputs, load_calibration
 from mapper.errors import UserError
+from mapper.facts import AllToAll, Facts
 from mapper.passes.moe.cost import CostModel, cost_model
 from mapper.passes.moe.detect import Detection, MoeLayer, detect_moe_layers
 from mapper.passes.moe.place import PlaceOptions
 from mapper.passes.moe.section import solve_section
 from mapper.passes.moe.trace import (
     RoutingTrace,
-    calibration_inputs,
     collect_trace,
-    generated_inputs,
     load_trace,
 )
 from mapper.pipeline import Pass, PassContext, PassResult, SolverRecord
@@ -34,6 +33,8 @@ class MoePass(Pass):
     description = ("expert placement of MoE layers across --devices N (MoETuner: balanced "
                    "clusters, cluster-to-device assignment, CP-SAT)")
     writes = ("moe",)
+    provides = ("alltoall",)
+    config_field = "moe"
 
     def __init__(self) -> None:
         # skip_reason and run see the same model; detect once per model.
@@ -72,7 +73,7 @@ class MoePass(Pass):
                             "experts per layer: every device must hold exactly E/G experts")
         per_node = config.devices_per_node or context.hardware.interconnect.devices_per_node
         trace = self._trace(context, layers)
-        precision = context.options.estimate.precision
+        precision = context.options.precision
         dtype = first.token_dtype if precision == "model" else precision
         element = _ELEMENT_BYTES.get(dtype, first.token_element_bytes)
         # A what-if precision stores the expert weights in that dtype too.
@@ -108,7 +109,8 @@ class MoePass(Pass):
             status="fallback" if result.fallback else "ok", sections={"moe": section},
             solver=SolverRecord("cp-sat", result.solver_status, float(result.objective),
                                 result.bound, context.options.seed),
-            notes=notes)
+            notes=notes,
+            facts=Facts(alltoall=AllToAll(seconds=float(metrics["alltoall_s"]))))
 
     def _trace(self, context: PassContext, layers: tuple[MoeLayer, ...]) -> RoutingTrace:
         config = context.options.moe
@@ -123,7 +125,8 @@ class MoePass(Pass):
                     f"{first.top_k} ({', '.join(layer.name for layer in layers)})")
             return trace
         if context.options.calib is not None:
-            feeds = calibration_inputs(load_calibration(context.options.calib), context.model)
+            feeds = calibration_feeds(load_calibration(context.options.calib), context.model,
+                                      "to collect routing traces")
             source = f"onnxruntime on {context.options.calib}"
         else:
             # At least as many tokens as experts, so that every load can be measured.

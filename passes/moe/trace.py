@@ -9,19 +9,16 @@ the graph outputs and runs the model on calibration inputs (`--calib`) or genera
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import onnx
-from onnx import ModelProto, TensorProto, helper
+from onnx import ModelProto
 
-from mapper.calibration import read_npz
+from mapper.calibration import Session, read_npz
 from mapper.errors import UserError
-from mapper.onnx_utils import np_dtype
 
 TraceLayout = Literal["layers-first", "tokens-first"]
 
@@ -119,108 +116,25 @@ def load_trace(path: Path, *, layout: TraceLayout = "layers-first",
 # --- collection in onnxruntime ---------------------------------------------------------------
 
 
-def _with_outputs(model: ModelProto, names: Sequence[str]) -> ModelProto:
-    """A copy of `model` that also returns the tensors `names` (int64 TopK indices)."""
-    copy = ModelProto()
-    copy.CopyFrom(model)
-    present = {out.name for out in copy.graph.output}
-    for name in names:
-        if name not in present:
-            copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.INT64, None))
-    return copy
-
-
-def _vocab_sizes(model: ModelProto) -> dict[str, int]:
-    """Integer graph inputs used as Gather indices into a weight: input -> rows of that weight."""
-    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    sizes: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in weights:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            dims = weights[node.input[0]]
-            if dims:
-                sizes.setdefault(node.input[1], int(dims[axis]))
-    return sizes
-
-
-def generated_inputs(model: ModelProto, samples: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Seeded stand-in inputs: token ids in the embedding's range, masks of ones, N(0, 1) floats.
-
-    Routing of random ids through a trained router is not real traffic; `--calib` with real
-    samples or `--trace` from a serving engine should be preferred when available.
-    """
-    rng = np.random.default_rng(seed)
-    vocab = _vocab_sizes(model)
-    initializers = {init.name for init in model.graph.initializer}
-    feeds: list[dict[str, np.ndarray]] = []
-    for _ in range(samples):
-        feed: dict[str, np.ndarray] = {}
-        for value in model.graph.input:
-            if value.name in initializers:
-                continue
-            tensor = value.type.tensor_type
-            shape = tuple(d.dim_value for d in tensor.shape.dim)
-            dtype = np_dtype(tensor.elem_type)
-            if value.name in vocab:
-                feed[value.name] = rng.integers(0, vocab[value.name], size=shape).astype(dtype)
-            elif np.issubdtype(dtype, np.floating):
-                feed[value.name] = rng.standard_normal(shape).astype(dtype)
-            elif "mask" in value.name.lower() or dtype == np.bool_:
-                feed[value.name] = np.ones(shape, dtype=dtype)
-            else:
-                feed[value.name] = np.zeros(shape, dtype=dtype)
-        feeds.append(feed)
-    return feeds
-
-
-def calibration_inputs(arrays: Mapping[str, np.ndarray], model: ModelProto
-                       ) -> list[dict[str, np.ndarray]]:
-    """Per-sample feeds from a `--calib` file (samples on the leading axis)."""
-    initializers = {init.name for init in model.graph.initializer}
-    wanted = [v.name for v in model.graph.input if v.name not in initializers]
-    missing = [name for name in wanted if name not in arrays]
-    if missing:
-        raise UserError(f"calibration file lacks the graph input(s) {', '.join(missing)} needed "
-                        "to collect routing traces")
-    count = next(iter(arrays.values())).shape[0]
-    return [{name: np.asarray(arrays[name][i]) for name in wanted} for i in range(count)]
-
-
 def collect_trace(model: ModelProto, indices: Sequence[str], num_experts: int,
                   feeds: Sequence[Mapping[str, np.ndarray]], source: str) -> RoutingTrace:
     """Run `model` on every feed and stack each layer's TopK `indices` into `[L, tokens, k]`."""
-    import onnxruntime as ort
-
-    traced = _with_outputs(model, indices)
-    ort.set_default_logger_severity(3)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    with tempfile.TemporaryDirectory(prefix="mapper-moe-") as tmp:
-        path = Path(tmp) / "traced.onnx"
-        big = traced.ByteSize() >= 2**31 - 1
-        onnx.save(traced, str(path), save_as_external_data=big,
-                  all_tensors_to_one_file=True, location="traced.onnx.data")
+    try:
+        session = Session(model, taps=indices)
+    except UserError as error:
+        raise UserError(f"{error}; give a trace with --trace routes.npz instead") from None
+    per_layer: list[list[np.ndarray]] = [[] for _ in indices]
+    for feed in feeds:
         try:
-            session = ort.InferenceSession(str(path), options,
-                                           providers=["CPUExecutionProvider"])
-        except Exception as error:
-            raise UserError(f"onnxruntime cannot run the model to collect routing traces "
-                            f"({str(error).strip().splitlines()[0][:300]}); give a trace with "
-                            "--trace routes.npz instead") from None
-        per_layer: list[list[np.ndarray]] = [[] for _ in indices]
-        for feed in feeds:
-            try:
-                outputs = session.run(list(indices), dict(feed))
-            except Exception as error:
-                raise UserError(
-                    f"onnxruntime failed on the routing-trace inputs "
-                    f"({str(error).strip().splitlines()[0][:300]}); models with data-dependent "
-                    "shapes (sparse expert dispatch through NonZero) run only on the input "
-                    "their shapes were measured with: give a trace with --trace routes.npz"
-                ) from None
-            for layer, value in enumerate(outputs):
-                value = np.asarray(value)
-                per_layer[layer].append(value.reshape(-1, value.shape[-1]))
+            outputs = session.run(feed)
+        except UserError as error:
+            raise UserError(
+                f"{error}: models with data-dependent shapes (sparse expert dispatch through "
+                "NonZero) run only on the input their shapes were measured with: give a trace "
+                "with --trace routes.npz") from None
+        for layer, name in enumerate(indices):
+            value = outputs[name]
+            per_layer[layer].append(value.reshape(-1, value.shape[-1]))
     stacked = [np.concatenate(chunks) for chunks in per_layer]
     if len({chunk.shape for chunk in stacked}) != 1:
         shapes = ", ".join(str(list(chunk.shape)) for chunk in stacked)

@@ -4,6 +4,7 @@ FlashRNN's ConstrINT made optimal: the hardware's limits as integer constraints,
 as the objective, CP-SAT proving the optimum, an exhaustive enumerator checking it.
 """
 
-from mapper.passes.tiling.core import TileSolver, TilingPass, kernel_record, tile_problem
+from mapper.passes.tiling.core import TileSolver, kernel_record, tile_problem
+from mapper.passes.tiling.tiling_pass import TilingPass
 
 __all__ = ["TileSolver", "TilingPass", "kernel_record", "tile_problem"]

@@ -1,4 +1,4 @@
-"""The tiling pass and the one-problem solver behind it and `mapper tile`.
+"""The one-problem solver behind the tiling pass and `mapper tile`.
 
 Each GEMM-shaped node becomes a `GemmProblem`; identical problems are solved once per compile
 (a cache keyed on the problem); each unique problem goes to the GPU model (`gpu.py`) or the
@@ -11,7 +11,7 @@ wall clock, so that the same model and seed give a byte-identical plan; repeated
 show 0 and `cached: true`. The pass's wall time is `passes[].seconds`.
 
 Fallbacks, recorded in the plan, never a crash:
-- a dtype the hardware lacks: tiled in the nearest dtype it has (problems.FALLBACK_CHAIN),
+- a dtype the hardware lacks: tiled in the nearest dtype it has (mapper.costs.FALLBACK_CHAIN),
   with `fallback: {requested_dtype, reason}` on the record and a pass note
   (`tiling.dtype_fallback=False` makes it exit 3 instead);
 - a problem no tile fits (even the smallest tile exceeds the on-chip memory): no record,
@@ -30,16 +30,8 @@ from mapper.hwmodels.schema import Hardware
 from mapper.options import TilingConfig
 from mapper.passes.tiling import accel, gpu
 from mapper.passes.tiling.cpsat import SolveLimits, SolveOutcome
-from mapper.passes.tiling.problems import (
-    CONV_OPS,
-    MATMUL_OPS,
-    GemmProblem,
-    KernelSite,
-    extract_problems,
-    resolve_dtype,
-)
+from mapper.passes.tiling.problems import GemmProblem, resolve_dtype
 from mapper.passes.tiling.triton import triton_config
-from mapper.pipeline import Pass, PassContext, PassResult, SolverRecord
 
 _MIN_SOLVE_S = 0.05
 
@@ -178,84 +170,3 @@ def tile_problem(hardware: Hardware, problem: GemmProblem, config: TilingConfig,
     solved, _ = solver.solve(resolved)
     fallback = {"requested_dtype": problem.dtype, "reason": note} if note else None
     return kernel_record(None, op, resolved, solved, False, fallback)
-
-
-class TilingPass(Pass):
-    """Kernel tile sizes per GEMM-shaped operator (CONTRACTS.md section 6)."""
-
-    name = "tiling"
-    description = ("tile sizes, warps, stages and split-K per GEMM/conv (GPU) or loop tiling "
-                   "into the scratchpad (TPU/NPU): CP-SAT optimum of a cost model under the "
-                   "hardware's limits")
-    writes = ("kernels",)
-
-    def skip_reason(self, context: PassContext) -> str | None:
-        """None when the model has GEMM-shaped nodes and the hardware can be modeled."""
-        ops = MATMUL_OPS + CONV_OPS
-        if not any(node.op_type in ops for node in context.view.nodes.values()):
-            return "no GEMM-shaped operator (MatMul, Gemm, Conv) in the model"
-        if context.hardware.kind == "gpu" and context.hardware.kernel_limits is None:
-            return (f"{context.hardware.name} has no kernel_limits; GPU tiles need them "
-                    "(see hwmodels/a100-80gb.yaml)")
-        return None
-
-    def run(self, context: PassContext) -> PassResult:
-        """Tile every GEMM-shaped node; identical problems are solved once."""
-        options = context.options
-        config = options.tiling
-        precision = config.precision or options.estimate.precision
-        sites, skipped = extract_problems(context.model, context.view, context.order,
-                                          precision, context.plan.get("compression"))
-        solver = TileSolver(context.hardware, config, seed=options.seed,
-                            budget_s=options.time_limit_s)
-        notes: list[str] = list(skipped)
-        records: list[dict[str, Any]] = []
-        resolved_sites = self._resolve(context.hardware, sites, config, notes)
-        unique = list(dict.fromkeys(problem for _, problem, _ in resolved_sites))
-        solved_count = 0
-        statuses: list[str] = []
-        objective = bound = 0.0
-        for site, problem, fallback in resolved_sites:
-            try:
-                pending = len(unique) - solved_count
-                solved, cached = solver.solve(problem, pending)
-            except InfeasibleError as error:
-                notes.append(f"{site.node}: {error}; priced by the roofline instead")
-                solver.cache.pop(problem, None)
-                continue
-            if not cached:
-                solved_count += 1
-                statuses.append(solved.status)
-            objective += solved.objective_s
-            bound += solved.bound_s
-            records.append(kernel_record(site.node, site.op, problem, solved, cached, fallback))
-        if not records:
-            notes.append("no GEMM-shaped node could be tiled")
-        notes.extend(sorted({r["fallback"]["reason"] for r in records if r["fallback"]}))
-        heuristic = "fallback" in statuses
-        status = ("OPTIMAL" if statuses and all(s == "OPTIMAL" for s in statuses)
-                  else "UNKNOWN" if heuristic else "FEASIBLE")
-        fallbacks = sum(1 for r in records if r["fallback"])
-        notes.insert(0, f"{len(records)} kernels, {len(solver.cache)} unique problems solved, "
-                     f"{status}" + (f"; {fallbacks} in a substitute dtype" if fallbacks else ""))
-        return PassResult(
-            status="fallback" if heuristic else "ok", sections={"kernels": records},
-            solver=SolverRecord("cp-sat", status, objective, bound, options.seed),
-            notes=tuple(notes))
-
-    @staticmethod
-    def _resolve(hardware: Hardware, sites: list[KernelSite], config: TilingConfig,
-                 notes: list[str]) -> list[tuple[KernelSite, GemmProblem, dict[str, str] | None]]:
-        resolved = []
-        for site in sites:
-            try:
-                problem, note = resolve_dtype(hardware, site.problem, config.dtype_fallback)
-            except InfeasibleError as error:
-                if not config.dtype_fallback:
-                    raise InfeasibleError(f"node {site.node}: {error}") from error
-                notes.append(f"{site.node}: {error}; priced by the roofline instead")
-                continue
-            fallback = ({"requested_dtype": site.problem.dtype, "reason": note}
-                        if note else None)
-            resolved.append((site, problem, fallback))
-        return resolved

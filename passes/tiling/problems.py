@@ -14,54 +14,35 @@ Every operator the tiling pass handles becomes `C[b] (M x N) = A[b] (M x K) @ B[
 Compulsory bytes (what must cross main memory at least once) come from the real tensors,
 not the im2col matrix: a convolution reads its input once however often windows overlap.
 
-The compute dtype is the node's (fp32/fp16/bf16/fp8/int8 from the model), or the `precision`
-asked for; weights the compression pass quantized keep the compute dtype and are read at
-their own bits (weight-only quantization: dequantized in the main loop).
+The compute dtype is the node's as the graph view stores it (the model's own, or the
+deployment precision); quantized weights keep the compute dtype and are read at their stored
+bytes and code bits (weight-only quantization: dequantized in the main loop).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import onnx
 
+from mapper.costs import DTYPE_BITS, FALLBACK_CHAIN, matrix_operands
 from mapper.errors import InfeasibleError, UserError
 from mapper.graph import GraphView, Node
 from mapper.hwmodels.schema import Hardware
 
-# Storage bits per element of each dtype the hardware schema knows (tf32 is stored as fp32).
-DTYPE_BITS: dict[str, int] = {
-    "fp64": 64, "fp32": 32, "tf32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int16": 16,
-    "int8": 8, "int4": 4, "fp4": 4,
-}
+__all__ = ["CONV_OPS", "DTYPE_BITS", "FALLBACK_CHAIN", "MATMUL_OPS", "GemmProblem",
+           "KernelSite", "extract_problems", "resolve_dtype", "supported_dtype", "tileable"]
+
 # Output bits when the model does not say: floats keep their width (fp8 GEMMs write bf16),
 # integer GEMMs write their int32 accumulators.
 _DEFAULT_OUT_BITS = {"fp64": 64, "fp32": 32, "tf32": 32, "fp16": 16, "bf16": 16, "fp8": 16,
                      "int16": 32, "int8": 32, "int4": 32, "fp4": 16}
-# The nearest dtype to run a GEMM in when the hardware lacks the asked one: a format that
-# holds the values (upcast first), then a same-width one, and integer last (an int-only NPU
-# needs the model quantized). Differs from the estimate pass's pricing chain on purpose:
-# fp8 data cannot run as int8.
-FALLBACK_CHAIN: dict[str, tuple[str, ...]] = {
-    "fp64": ("fp64", "fp32", "tf32", "bf16", "fp16"),
-    "fp32": ("fp32", "tf32", "bf16", "fp16", "int16", "int8"),
-    "tf32": ("tf32", "fp32", "bf16", "fp16", "int16", "int8"),
-    "fp16": ("fp16", "bf16", "fp32", "tf32", "int16", "int8"),
-    "bf16": ("bf16", "fp16", "fp32", "tf32", "int16", "int8"),
-    "fp8": ("fp8", "bf16", "fp16", "fp32", "int8"),
-    "int16": ("int16", "fp16", "bf16", "fp32", "int8"),
-    "int8": ("int8", "int16", "fp16", "bf16", "fp32"),
-    "int4": ("int4", "int8", "int16", "fp16", "bf16"),
-    "fp4": ("fp4", "fp8", "bf16", "fp16", "fp32"),
-}
-MATMUL_OPS = ("MatMul", "FusedMatMul", "MatMulInteger", "QLinearMatMul", "MatMulNBits", "Gemm")
+MATMUL_OPS = ("MatMul", "FusedMatMul", "MatMulInteger", "QLinearMatMul", "MatMulNBits", "Gemm",
+              "MatMulBnb4")
 CONV_OPS = ("Conv", "ConvInteger", "QLinearConv", "ConvTranspose")
 _INT8_OPS = ("MatMulInteger", "QLinearMatMul", "ConvInteger", "QLinearConv")
-# Input index of the B operand (weights) per op.
-_B_INPUT = {"QLinearMatMul": 3, "QLinearConv": 3}
 # dtypes a GPU can run without a matrix instruction (CUDA-core / SIMT GEMM).
 SIMT_DTYPES = ("fp32", "fp64")
 
@@ -191,38 +172,36 @@ def resolve_dtype(hardware: Hardware, problem: GemmProblem, fallback: bool
 
 def _shape(view: GraphView, name: str) -> tuple[int, ...] | None:
     tensor = view.tensors.get(name)
-    if tensor is None or not tensor.shape or any(d <= 0 for d in tensor.shape):
+    if tensor is None:
+        # A decoded weight (fused decode chain) has no tensor of its own: its format's shape.
+        stored = view.formats.get(name)
+        return stored.shape if stored is not None and stored.shape else None
+    if not tensor.shape or any(d <= 0 for d in tensor.shape):
         return None
     return tuple(tensor.shape)
 
 
-def _compute_dtype(node: Node, precision: str | None) -> str:
-    if precision not in (None, "model"):
-        return str(precision)
+def _compute_dtype(node: Node) -> str:
     if node.op_type in _INT8_OPS:
         return "int8"
-    dtype = node.dtype if node.dtype in DTYPE_BITS else "fp32"
-    return dtype
+    return node.dtype if node.dtype in DTYPE_BITS else "fp32"
 
 
-def _out_bits(view: GraphView, node: Node, dtype: str, precision: str | None) -> int:
-    if precision in (None, "model") and node.outputs:
+def _out_bits(view: GraphView, node: Node, dtype: str) -> int:
+    if node.outputs:
         produced = view.tensors[node.outputs[0]].dtype
         if produced in DTYPE_BITS:
             return DTYPE_BITS[produced]
     return _DEFAULT_OUT_BITS[dtype]
 
 
-def _weight_bits(compression: Mapping[str, Any] | None, weight: str | None, default: int
-                 ) -> tuple[int, float]:
-    """Bits of the codes and stored bits per weight of a weight the compression pass touched."""
-    if not compression or weight is None:
-        return default, float(default)
-    for entry in compression.get("weights") or ():
-        if entry.get("name") == weight and entry.get("bits"):
-            bits = int(entry["bits"])
-            return bits, float(entry.get("bits_per_weight") or bits)
-    return default, float(default)
+def _weight_bits(view: GraphView, weight: str | None, default: int) -> tuple[int, int | None]:
+    """Bits of the codes and stored bytes of a weight as the view stores it (None: dense at
+    the compute dtype, sized from its shape)."""
+    stored = view.formats.get(weight) if weight is not None else None
+    if stored is None or not stored.quantized:
+        return default, None
+    return min(stored.bits, default), stored.stored_bytes
 
 
 def _matmul_dims(a: tuple[int, ...], b: tuple[int, ...], out: tuple[int, ...]
@@ -240,8 +219,12 @@ def _matmul_dims(a: tuple[int, ...], b: tuple[int, ...], out: tuple[int, ...]
     return batch, m, n, k, len(a) <= 2
 
 
-def _matmul_site(view: GraphView, node: Node, onnx_node: onnx.NodeProto, dtype: str,
-                 precision: str | None, compression: Mapping[str, Any] | None
+def _is_weight(view: GraphView, name: str) -> bool:
+    tensor = view.tensors.get(name)
+    return name in view.formats or (tensor is not None and tensor.kind == "weight")
+
+
+def _matmul_site(view: GraphView, node: Node, onnx_node: onnx.NodeProto, dtype: str
                  ) -> GemmProblem | None:
     op = node.op_type
     inputs = list(onnx_node.input)
@@ -249,20 +232,24 @@ def _matmul_site(view: GraphView, node: Node, onnx_node: onnx.NodeProto, dtype: 
     if out is None:
         return None
     bits = DTYPE_BITS[dtype]
-    c_bits = _out_bits(view, node, dtype, precision)
-    if op == "MatMulNBits":
+    c_bits = _out_bits(view, node, dtype)
+    if op in ("MatMulNBits", "MatMulBnb4"):
         attrs = _attrs(onnx_node)
         a = _shape(view, inputs[0])
         if a is None or "K" not in attrs or "N" not in attrs:
             return None
-        k, n, w_bits = int(attrs["K"]), int(attrs["N"]), int(attrs.get("bits", 4))
+        k, n = int(attrs["K"]), int(attrs["N"])
+        w_bits, packed = _weight_bits(view, inputs[1], bits)
+        if packed is None:
+            w_bits = int(attrs.get("bits", 4))
+            packed = sum(view.tensors[name].size for name in inputs[1:4] if name in view.tensors)
         m = math.prod(a) // k
-        packed = sum(view.tensors[name].size for name in inputs[1:] if name in view.tensors)
         return GemmProblem(batch=1, m=m, n=n, k=k, dtype=dtype, a_bits=bits, b_bits=w_bits,
                            c_bits=c_bits, a_bytes=_bytes(m * k, bits), b_bytes=packed,
                            c_bytes=_bytes(m * n, c_bits))
-    a_name = inputs[0]
-    b_name = inputs[_B_INPUT.get(op, 1)]
+    operands = matrix_operands(op) or (0, 1)
+    a_name = inputs[operands[0]]
+    b_name = inputs[operands[1]]
     a, b = _shape(view, a_name), _shape(view, b_name)
     if a is None or b is None:
         return None
@@ -276,28 +263,27 @@ def _matmul_site(view: GraphView, node: Node, onnx_node: onnx.NodeProto, dtype: 
     if dims is None:
         return None
     batch, m, n, k, a_broadcast = dims
-    is_weight = view.tensors[b_name].kind == "weight"
-    b_bits, b_stored = _weight_bits(compression, b_name if is_weight else None, bits)
+    b_bits, b_stored = _weight_bits(view, b_name if _is_weight(view, b_name) else None, bits)
     b_elems = math.prod(b)
     a_elems = math.prod(a) if a_broadcast else batch * m * k
-    return GemmProblem(batch=batch, m=m, n=n, k=k, dtype=dtype, a_bits=bits,
-                       b_bits=min(b_bits, bits), c_bits=c_bits, a_bytes=_bytes(a_elems, bits),
-                       b_bytes=math.ceil(b_elems * min(b_stored, bits) / 8),
+    return GemmProblem(batch=batch, m=m, n=n, k=k, dtype=dtype, a_bits=bits, b_bits=b_bits,
+                       c_bits=c_bits, a_bytes=_bytes(a_elems, bits),
+                       b_bytes=b_stored if b_stored is not None else _bytes(b_elems, bits),
                        c_bytes=_bytes(batch * m * n, c_bits))
 
 
-def _conv_site(view: GraphView, node: Node, onnx_node: onnx.NodeProto, dtype: str,
-               precision: str | None, compression: Mapping[str, Any] | None
+def _conv_site(view: GraphView, node: Node, onnx_node: onnx.NodeProto, dtype: str
                ) -> GemmProblem | None:
     inputs = list(onnx_node.input)
-    w_name = inputs[_B_INPUT.get(node.op_type, 1)]
+    operands = matrix_operands(node.op_type) or (0, 1)
+    w_name = inputs[operands[1]]
     x, w = _shape(view, inputs[0]), _shape(view, w_name)
     y = _shape(view, onnx_node.output[0])
     if x is None or w is None or y is None or len(x) < 3 or len(w) != len(x):
         return None
     groups = int(_attrs(onnx_node).get("group", 1)) or 1
     bits = DTYPE_BITS[dtype]
-    c_bits = _out_bits(view, node, dtype, precision)
+    c_bits = _out_bits(view, node, dtype)
     kernel = math.prod(w[2:])
     if node.op_type == "ConvTranspose":
         # weight [IC, OC/g, *k]: each input pixel scatters OC/g*k outputs (GEMM + col2im).
@@ -307,19 +293,16 @@ def _conv_site(view: GraphView, node: Node, onnx_node: onnx.NodeProto, dtype: st
         m, n, k = y[0] * math.prod(y[2:]), w[0] // groups, w[1] * kernel
     if min(m, n, k) < 1:
         return None
-    is_weight = view.tensors[w_name].kind == "weight"
-    _, b_stored = _weight_bits(compression, w_name if is_weight else None, bits)
-    b_bits, _ = _weight_bits(compression, w_name if is_weight else None, bits)
+    b_bits, b_stored = _weight_bits(view, w_name if _is_weight(view, w_name) else None, bits)
     return GemmProblem(batch=groups, m=m, n=n, k=k, dtype=dtype, a_bits=bits,
-                       b_bits=min(b_bits, bits), c_bits=c_bits,
+                       b_bits=b_bits, c_bits=c_bits,
                        a_bytes=_bytes(math.prod(x), bits),
-                       b_bytes=math.ceil(math.prod(w) * min(b_stored, bits) / 8),
+                       b_bytes=b_stored if b_stored is not None
+                       else _bytes(math.prod(w), bits),
                        c_bytes=_bytes(math.prod(y), c_bits))
 
 
-def extract_problems(model: onnx.ModelProto, view: GraphView, order: tuple[str, ...],
-                     precision: str | None = None,
-                     compression: Mapping[str, Any] | None = None
+def extract_problems(model: onnx.ModelProto, view: GraphView, order: tuple[str, ...]
                      ) -> tuple[list[KernelSite], list[str]]:
     """The GEMM-shaped nodes of `order`, as kernel sites, and notes on the ones skipped."""
     by_name = {n.name: n for n in model.graph.node}
@@ -329,12 +312,12 @@ def extract_problems(model: onnx.ModelProto, view: GraphView, order: tuple[str, 
         node = view.nodes[name]
         if node.op_type not in MATMUL_OPS and node.op_type not in CONV_OPS:
             continue
-        dtype = _compute_dtype(node, precision)
+        dtype = _compute_dtype(node)
         if dtype not in DTYPE_BITS:
             skipped.append(f"{name}: {node.op_type} in {dtype} is not a GEMM dtype")
             continue
         maker = _conv_site if node.op_type in CONV_OPS else _matmul_site
-        problem = maker(view, node, by_name[name], dtype, precision, compression)
+        problem = maker(view, node, by_name[name], dtype)
         if problem is None:
             skipped.append(f"{name}: {node.op_type} has shapes that are not a GEMM")
             continue

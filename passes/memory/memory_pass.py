@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from mapper.errors import InfeasibleError
+from mapper.facts import Facts, OffchipTraffic
 from mapper.passes.memory.alloc import lowest_footprint
 from mapper.passes.memory.candidates import Candidate, saving_of
 from mapper.passes.memory.decompose import solve_windows
@@ -107,6 +108,8 @@ class MemoryPass(Pass):
     description = ("on-chip scratchpad plan: which tensors are resident when, at which "
                    "offset, and the operator order, minimizing off-chip bytes (CP-SAT)")
     writes = ("memory",)
+    provides = ("traffic",)
+    config_field = "memory"
 
     def skip_reason(self, context: PassContext) -> str | None:
         """Skipped on hardware without a managed on-chip level."""
@@ -169,5 +172,8 @@ class MemoryPass(Pass):
         solver = SolverRecord("cp-sat", plan.status, float(plan.traffic.total),
                               float(plan.bound) if plan.bound is not None else None, seed)
         section = memory_section(plan, level, capacity, alignment, config.objective, baseline)
+        traffic = OffchipTraffic(order=plan.problem.order,
+                                 per_step=tuple(int(b) for b in plan.traffic.by_step),
+                                 total=int(plan.traffic.total), onchip_level=level)
         return PassResult(status=status, sections={"memory": section}, order=new_order,
-                          solver=solver, notes=tuple(notes))
+                          solver=solver, notes=tuple(notes), facts=Facts(traffic=traffic))
