@@ -34,8 +34,8 @@ from benchmarks.results import update_section  # noqa: E402
 from mapper.graph import GraphView  # noqa: E402
 from mapper.loader import ShapeSpec, load_model  # noqa: E402
 from mapper.options import CompileOptions, MemoryConfig  # noqa: E402
+from mapper.passes.memory.memory_pass import MemoryPass, plan_order  # noqa: E402
 from mapper.passes.memory.order import search_order  # noqa: E402
-from mapper.passes.memory.pass_ import MemoryPass, plan_order  # noqa: E402
 from mapper.passes.memory.planner import Plan, baseline_plan  # noqa: E402
 from mapper.passes.memory.problem import (  # noqa: E402
     Problem,
@@ -79,7 +79,7 @@ def load_view(name: str) -> GraphView:
 def verify_plan_violations(model: ModelProto, plan: Plan, capacity: int) -> list[str]:
     """What `mapper verify-plan` says of the plan (as plan.json would hold it) on `model`."""
     from mapper.hwmodels.loader import load_hardware, set_managed_capacity
-    from mapper.passes.memory.pass_ import memory_section
+    from mapper.passes.memory.memory_pass import memory_section
     from mapper.plan import PLAN_SCHEMA
     from mapper.verify_plan import check_plan
 

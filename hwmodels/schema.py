@@ -66,6 +66,17 @@ Seconds = Annotated[float, BeforeValidator(_parsed(parse_time)), AfterValidator(
 _CONFIG = ConfigDict(frozen=True, extra="forbid")
 
 
+class GroupSparseKernels(BaseModel):
+    """Kernels that read group-sparse weights in a block-sparse form (none ship in cuBLAS or
+    onnxruntime; a what-if: `--set compute.group_sparse_kernels.efficiency=0.8`)."""
+
+    model_config = _CONFIG
+
+    efficiency: float = Field(
+        gt=0, le=1, description="Share of the dense kernel's throughput the kept groups run "
+        "at (index decoding and irregular rows cost the rest).")
+
+
 class Compute(BaseModel):
     """The compute units, their clock, dense peaks per dtype and matrix-engine shapes."""
 
@@ -93,6 +104,10 @@ class Compute(BaseModel):
         alias="op_overhead",
         description="Fixed cost per operator in seconds (kernel launch, dispatch, setup).",
     )
+    group_sparse_kernels: GroupSparseKernels | None = Field(
+        default=None, description="Group-sparse weight kernels: with them, a weight with "
+        "pruned groups moves only its kept groups (BSR bytes) and computes only on them; "
+        "null: pruned groups are stored and read like the others (the built-in devices).")
 
 
 class MemoryLevel(BaseModel):

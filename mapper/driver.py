@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from mapper.options import CompileOptions
 from mapper.outputs import check_output_dir, write_output_dir
 from mapper.passes.arena import ArenaPass
 from mapper.passes.estimate import EstimatePass
+from mapper.passes.gqsa import GqsaPass
 from mapper.passes.memory import MemoryPass
 from mapper.passes.moe import MoePass
 from mapper.passes.rtn import RtnPass
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 # memory -> arena, then the estimate that prices what they decided.
 PIPELINE: tuple[Pass, ...] = (
     RtnPass(),
+    GqsaPass(),
     MoePass(),
     TilingPass(),
     MemoryPass(),
@@ -105,7 +108,10 @@ def _check_runs(model_path: Path) -> None:
                             "with the model and command") from error
 
 
-def _write_outputs(tmp: Path, model: ModelProto, plan: dict[str, Any]) -> None:
+def _write_outputs(tmp: Path, model: ModelProto, plan: dict[str, Any],
+                   artifacts: Mapping[str, bytes]) -> None:
+    for name, data in artifacts.items():
+        (tmp / name).write_bytes(data)
     model_path = tmp / "model.onnx"
     save_model(model, model_path)
     try:
@@ -128,7 +134,9 @@ def load_for(model_path: str | Path, options: CompileOptions) -> LoadedModel:
 def plan_loaded(loaded: LoadedModel, hardware: Hardware, options: CompileOptions,
                 model_path: str) -> tuple[dict[str, Any], PipelineOutcome]:
     """Run the pipeline on an already loaded model; the plan and the pipeline's outcome."""
-    view = GraphView.from_model(loaded.model, options.precision)
+    sparse = hardware.compute.group_sparse_kernels
+    view = GraphView.from_model(loaded.model, options.precision,
+                                sparse.efficiency if sparse is not None else None)
     context = PassContext(model=loaded.model, view=view, hardware=hardware, options=options,
                           order=view.model_order)
     outcome = run_pipeline(PIPELINE, context)
@@ -149,5 +157,6 @@ def compile_model(model_path: str | Path, hardware: str, output_dir: str | Path,
     plan, outcome = plan_loaded(loaded, hw, options, str(model_path))
     model = _reorder(outcome.model, outcome.order)
     out = Path(output_dir)
-    write_output_dir(out, lambda tmp: _write_outputs(tmp, model, plan), force=force)
+    write_output_dir(out, lambda tmp: _write_outputs(tmp, model, plan, outcome.artifacts),
+                     force=force)
     return CompileResult(output_dir=out, plan=plan, summary=_summary(plan, out, outcome.view))

@@ -30,6 +30,8 @@ _ALWAYS_SMALL_ENOUGH = 16 * 2**20
 # the dequantized weights (4x and more) and lose the format the model arrived in.
 _CODE_DTYPES = {np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16)}
 _CODE_MIN_ELEMENTS = 16
+# A weight this large that several nodes read is never copied by a fold.
+_SHARED_MIN_ELEMENTS = 2**18
 
 
 def _decodes_weights(node: NodeProto, inputs: list[np.ndarray | None]) -> bool:
@@ -94,6 +96,10 @@ def _fold_once(model: ModelProto) -> int:
 
     shapes = static_shapes(model)
     graph_outputs = {out.name for out in graph.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in set(node.input):
+            readers[name] = readers.get(name, 0) + 1
     folded: list[NodeProto] = []
     new_constants: dict[str, np.ndarray] = {}
     for node in graph.node:
@@ -106,6 +112,8 @@ def _fold_once(model: ModelProto) -> int:
             shape_value = _fold_shape_op(node, shapes)
             results = None if shape_value is None else [shape_value]
         elif all(not name or is_constant(name) for name in node.input):
+            if any(_stays_shared(name, initializers, readers) for name in node.input if name):
+                continue
             inputs = [value(name) if name else None for name in node.input]
             if _decodes_weights(node, inputs) and not _integer_result(node, inputs, opsets):
                 continue
@@ -133,6 +141,19 @@ def _fold_once(model: ModelProto) -> int:
     for name, array in new_constants.items():
         _add_initializer(graph, name, array)
     return len(folded)
+
+
+def _stays_shared(name: str, initializers: dict[str, onnx.TensorProto],
+                  readers: dict[str, int]) -> bool:
+    """A large weight other nodes read too: folding a transposed (or reshaped) copy of it
+    would store it twice (tied embeddings: one table for the lookup and the output head)."""
+    tensor = initializers.get(name)
+    if tensor is None or readers.get(name, 0) < 2:
+        return False
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count >= _SHARED_MIN_ELEMENTS
 
 
 def _integer_result(node: NodeProto, inputs: list[np.ndarray | None],

@@ -146,12 +146,15 @@ def _zero_share(scales: np.ndarray | None) -> float:
 
 def bsr_bytes(rows: int, groups_per_row: int, kept_groups: int, group_size: int, bits: int,
               scale_bytes: int, zero_point_bits: int) -> int:
-    """Bytes of a block-sparse-row store of group-quantized weights: a row pointer per row
-    (int32), and per kept group its index (uint16), its codes, its scale and zero point."""
-    del groups_per_row  # the index width is fixed at 16 bits (groups per row <= 65536)
+    """Bytes of a block-sparse-row store of group-quantized weights (the layout of
+    weights.gqsa.safetensors): a row pointer per row (uint16, int32 past 65535 kept groups),
+    and per kept group its index (uint8, uint16 past 256 groups per row), its bit-packed
+    codes, its scale, and its zero point bit-packed with the others."""
+    pointer = 2 if kept_groups <= 0xFFFF else 4
+    index = 1 if groups_per_row <= 256 else 2
     codes = math.ceil(group_size * bits / 8)
-    per_group = 2 + codes + scale_bytes + math.ceil(zero_point_bits / 8)
-    return 4 * (rows + 1) + kept_groups * per_group
+    return (pointer * (rows + 1) + kept_groups * (index + codes + scale_bytes)
+            + math.ceil(kept_groups * zero_point_bits / 8))
 
 
 def _matmulnbits(node: NodeProto, initializers: Mapping[str, TensorProto], size_of: SizeOf
@@ -171,8 +174,8 @@ def _matmulnbits(node: NodeProto, initializers: Mapping[str, TensorProto], size_
     if sparsity > 0 and scales is not None:
         groups = -(-k // block)
         kept = int(np.count_nonzero(scales))
-        scale_bytes = max(1, size_of(node.input[2]) // max(scales.size, 1))
-        packed = bsr_bytes(n, groups, kept, block, bits, scale_bytes, 0 if symmetric else bits)
+        # The artifact stores fp16 scales whatever the model's activation dtype.
+        packed = bsr_bytes(n, groups, kept, block, bits, 2, 0 if symmetric else bits)
     return WeightFormat(name=node.input[1], shape=(k, n), scheme="int", bits=bits,
                         group_size=block, symmetric=symmetric, sparsity=sparsity, rank=0,
                         stored_bytes=stored, packed_bytes=min(packed, stored), parts=parts,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import networkx as nx
@@ -133,6 +133,7 @@ class GraphView:
         self.tensors = tensors
         self.graph_outputs = graph_outputs
         self.precision = precision
+        self.group_sparse: float | None = None
         self.formats: Mapping[str, WeightFormat] = dict(formats or {})
         self.model_order: tuple[str, ...] = tuple(nodes)
         self.dag = nx.DiGraph()
@@ -148,9 +149,12 @@ class GraphView:
                 self.dag.add_edge(before, after, tensor=None)
 
     @classmethod
-    def from_model(cls, model: ModelProto, precision: str = "model") -> GraphView:
+    def from_model(cls, model: ModelProto, precision: str = "model",
+                   group_sparse: float | None = None) -> GraphView:
         """Analyze a normalized model (static shapes in value_info, unique node names),
-        sizing float tensors at the deployment `precision`."""
+        sizing float tensors at the deployment `precision`. With `group_sparse` (the
+        efficiency of the device's group-sparse kernels), a weight with pruned groups is
+        stored and moved as its kept groups (BSR bytes) and computed on them only."""
         if precision != "model" and precision not in DTYPE_BITS:
             raise ValueError(f"unknown precision {precision!r}")
         graph = model.graph
@@ -166,6 +170,12 @@ class GraphView:
         chains = find_decode_chains(graph, elem_types, shapes, size_of)
         formats = read_formats(graph, elem_types, shapes, size_of, chains,
                                declared_formats(model))
+        sized: dict[str, int] = {}
+        if group_sparse is not None:
+            formats, sized = _sparse_storage(formats, size_of)
+
+        def stored_size(name: str, shape: Shape, elem_type: int) -> int:
+            return sized[name] if name in sized else _tensor_bytes(shape, elem_type, precision)
         producers: dict[str, str] = {}
         consumers: dict[str, list[str]] = {}
         reads: dict[str, tuple[str, ...]] = {}
@@ -201,7 +211,7 @@ class GraphView:
                                 else "input" if name in inputs else "weight")
             tensors[name] = Tensor(
                 name=name, shape=shape, dtype=stored_dtype(elem_type, precision),
-                size=_tensor_bytes(shape, elem_type, precision), kind=kind,
+                size=stored_size(name, shape, elem_type), kind=kind,
                 is_output=name in outputs, producer=producers.get(name),
                 consumers=tuple(consumers.get(name, ())))
         formats = {**_dense_formats(graph, tensors, formats, chains.nodes), **formats}
@@ -228,16 +238,22 @@ class GraphView:
             node_outputs = tuple(name for name in node.output if name in tensors)
             view = work.category == "view"
             read_weights = tuple(name for name in dict.fromkeys(node.input) if name in formats)
+            flops = work.flops
+            if group_sparse is not None:
+                pruned = max((formats[w].sparsity for w in read_weights), default=0.0)
+                flops = flops * (1.0 - pruned) / group_sparse if pruned else flops
             nodes[node.name] = Node(
                 name=node.name, op_type=node.op_type, domain=node.domain,
-                inputs=node_inputs, outputs=node_outputs, flops=work.flops,
+                inputs=node_inputs, outputs=node_outputs, flops=flops,
                 bytes_read=0 if view else _bytes_read(node, node_inputs, node_outputs, tensors,
                                                       formats),
                 bytes_written=0 if view else sum(tensors[n].size for n in node_outputs),
                 dtype=_compute_dtype(node_inputs, node_outputs, tensors),
                 category=work.category, attention=node.name in attention,
                 weights=read_weights)
-        return cls(nodes, tensors, outputs, precision, formats, order_edges)
+        view = cls(nodes, tensors, outputs, precision, formats, order_edges)
+        view.group_sparse = group_sparse
+        return view
 
     # --- orders and lifetimes -------------------------------------------------------------
 
@@ -317,6 +333,25 @@ def _bytes_read(node: NodeProto, inputs: Sequence[str], outputs: Sequence[str],
             gathered = sum(tensors[name].size for name in outputs)
             return min(tensors[data].size, gathered) + sum(tensors[n].size for n in rest)
     return sum(tensors[name].size for name in set(inputs))
+
+
+def _sparse_storage(formats: Mapping[str, WeightFormat], size_of: Callable[[str], int]
+                    ) -> tuple[dict[str, WeightFormat], dict[str, int]]:
+    """Formats and part sizes as a device with group-sparse kernels stores them: each part
+    of a weight with pruned groups shrinks in proportion, so the parts add up to the BSR
+    bytes of its kept groups."""
+    result = dict(formats)
+    sized: dict[str, int] = {}
+    for name, stored in formats.items():
+        if stored.sparsity <= 0 or stored.packed_bytes >= stored.stored_bytes:
+            continue
+        parts = [size_of(part) for part in stored.parts]
+        total = sum(parts) or 1
+        shares = [size * stored.packed_bytes // total for size in parts]
+        shares[0] += stored.packed_bytes - sum(shares)  # the codes take the rounding
+        sized.update(zip(stored.parts, shares, strict=True))
+        result[name] = replace(stored, stored_bytes=stored.packed_bytes)
+    return result, sized
 
 
 def _dense_formats(graph: GraphProto, tensors: Mapping[str, Tensor],

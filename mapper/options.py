@@ -194,6 +194,27 @@ class CompressionConfig(BaseModel):
         return self
 
 
+class GqsaConfig(BaseModel):
+    """Configuration of the gqsa pass (group quantization with structured group sparsity)."""
+
+    model_config = _FROZEN
+
+    sparsity: Annotated[float, Flag("--sparsity", metavar="S")] = Field(
+        0.0, ge=0, lt=1, description="share of weight groups pruned, in [0, 1)")
+    sparsity_allocation: Annotated[Literal["uniform", "global"],
+                                   Flag("--sparsity-allocation")] = Field(
+        "uniform", description="uniform: the same share in every layer; global: the "
+        "groups of least relative saliency over all layers (the exact optimum of the "
+        "per-layer error curves), no layer above 90%")
+    saliency: Annotated[Literal["obs", "wanda"], Flag("--saliency")] = Field(
+        "obs", description="group saliency: obs (optimal-brain-surgeon error from H = XᵀX) "
+        "or wanda (|W| times the input norms)")
+    stage2: Annotated[Literal["refit", "none"], Flag("--stage2")] = Field(
+        "refit", description="stage 2 with codes and masks frozen: refit every layer's "
+        "scales by least squares to the original model's outputs, on inputs through the "
+        "compressed prefix; none: stage 1 alone")
+
+
 class CompileOptions(BaseModel):
     """Everything `mapper compile` takes besides the model, hardware and output directory."""
 
@@ -234,6 +255,7 @@ class CompileOptions(BaseModel):
         30.0, gt=0, description="solver budget per pass, seconds")
     compression: CompressionConfig = Field(default_factory=CompressionConfig,
                                            description="weight-rewriting pass settings")
+    gqsa: GqsaConfig = Field(default_factory=GqsaConfig, description="gqsa pass settings")
     moe: MoeConfig = Field(default_factory=MoeConfig, description="moe pass settings")
     memory: MemoryConfig = Field(default_factory=MemoryConfig,
                                  description="memory pass settings")

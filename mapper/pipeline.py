@@ -68,6 +68,8 @@ class PassResult:
     solver: SolverRecord | None = None
     notes: tuple[str, ...] = ()
     facts: Facts = field(default_factory=Facts)
+    # Files for the output directory (name -> bytes), e.g. weights.gqsa.safetensors.
+    artifacts: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,7 @@ class PipelineOutcome:
     sections: Mapping[str, Any]
     records: tuple[PassRecord, ...]
     facts: Facts = field(default_factory=Facts)
+    artifacts: Mapping[str, bytes] = field(default_factory=dict)
 
 
 def run_pipeline(pipeline: Sequence[Pass], context: PassContext) -> PipelineOutcome:
@@ -234,6 +237,7 @@ def run_pipeline(pipeline: Sequence[Pass], context: PassContext) -> PipelineOutc
     selected = {p.name for p in select_passes(pipeline, context.options)}
     records: list[PassRecord] = []
     sections: dict[str, Any] = dict(context.plan)
+    artifacts: dict[str, bytes] = {}
     ran: list[str] = []
     for current in pipeline:
         if current.name not in selected:
@@ -257,10 +261,12 @@ def run_pipeline(pipeline: Sequence[Pass], context: PassContext) -> PipelineOutc
                 "(rerun with --debug for the traceback)") from error
         ran.append(current.name)
         sections.update(result.sections)
+        artifacts.update(result.artifacts)
         model, view, order = context.model, context.view, context.order
         if result.model is not None:
             model = result.model
-            view = GraphView.from_model(model, context.view.precision)
+            view = GraphView.from_model(model, context.view.precision,
+                                        context.view.group_sparse)
             order = result.order or view.model_order
         elif result.order is not None:
             order = result.order
@@ -270,4 +276,5 @@ def run_pipeline(pipeline: Sequence[Pass], context: PassContext) -> PipelineOutc
                                   result.solver, result.notes))
         log.info("pass %s: %s in %.2f s", current.name, result.status, records[-1].seconds)
     return PipelineOutcome(model=context.model, view=context.view, order=context.order,
-                           sections=sections, records=tuple(records), facts=context.facts)
+                           sections=sections, records=tuple(records), facts=context.facts,
+                           artifacts=artifacts)

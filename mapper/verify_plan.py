@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
@@ -591,6 +592,41 @@ def _check_arena(facts: ModelFacts, plan: Mapping[str, Any], order: Sequence[str
     return numbers
 
 
+def _group_sparse_sizes(model: ModelProto, facts: ModelFacts) -> ModelFacts:
+    """On a device with group-sparse kernels, a MatMulNBits weight with zero-scale (pruned)
+    groups is stored as its kept groups in block-sparse-row form: its parts shrink in
+    proportion to those bytes (the BSR layout of weights.gqsa.safetensors)."""
+    from onnx import numpy_helper
+
+    from mapper.formats import bsr_bytes
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    sizes = dict(facts.sizes)
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits" or len(node.input) < 3 \
+                or node.input[2] not in initializers:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        scales = numpy_helper.to_array(initializers[node.input[2]])
+        kept = int(np.count_nonzero(scales))
+        if kept == scales.size:
+            continue
+        bits, block = int(attrs.get("bits", 4)), int(attrs["block_size"])
+        groups = -(-int(attrs["K"]) // block)
+        symmetric = not (len(node.input) > 3 and node.input[3])
+        packed = bsr_bytes(int(attrs["N"]), groups, kept, block, bits, 2,
+                           0 if symmetric else bits)
+        parts = [n for n in node.input[1:4] if n]
+        stored = [sizes.get(p) or 0 for p in parts]
+        if packed >= sum(stored):
+            continue
+        shares = [size * packed // (sum(stored) or 1) for size in stored]
+        shares[0] += packed - sum(shares)
+        sizes.update(zip(parts, shares, strict=True))
+    return ModelFacts(nodes=facts.nodes, sizes=sizes, producer=facts.producer,
+                      sources=facts.sources, outputs=facts.outputs)
+
+
 def _check_compression(model: ModelProto, section: Any, facts: ModelFacts, report: _Report
                        ) -> None:
     """Every listed weight exists, and its bits per weight recomputed from the stored
@@ -619,9 +655,13 @@ def _check_compression(model: ModelProto, section: Any, facts: ModelFacts, repor
             continue
         elements = math.prod(shape)
         stored = sum(facts.sizes.get(p) or 0 for p in parts)
+        total_elements += elements
+        if entry.get("artifact") and _is_int(entry.get("artifact_bytes")):
+            # Counted from its artifact; _check_artifacts reads the file beside the plan.
+            total_bits += 8.0 * entry["artifact_bytes"]
+            continue
         bits = 8.0 * stored / elements
         total_bits += 8.0 * stored
-        total_elements += elements
         claimed = entry.get("bits_per_weight")
         if not isinstance(claimed, int | float) or abs(bits - claimed) > 1e-3 * max(1, bits):
             report.add("compression", f"weight {name!r}: bits_per_weight is {claimed!r}, the "
@@ -638,6 +678,10 @@ def check_plan(model: ModelProto, plan: Mapping[str, Any]) -> PlanCheck:
     precision = (plan.get("model") or {}).get("precision", "model") \
         if isinstance(plan.get("model"), dict) else "model"
     facts = model_facts(model, precision if isinstance(precision, str) else "model")
+    compute = ((plan.get("hardware") or {}).get("compute") or {}) \
+        if isinstance(plan.get("hardware"), dict) else {}
+    if compute.get("group_sparse_kernels"):
+        facts = _group_sparse_sizes(model, facts)
     report = _Report()
     checked = ["plan", "schedule"]
     notes: list[str] = []
@@ -663,6 +707,50 @@ def check_plan(model: ModelProto, plan: Mapping[str, Any]) -> PlanCheck:
                      traffic=traffic, arena=arena, notes=tuple(notes))
 
 
+def _artifact_bytes(path: Path) -> dict[str, int]:
+    """Bytes of every tensor of a safetensors artifact, read from its header alone."""
+    import struct
+
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    sizes = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        sizes[key] = int(end) - int(start)
+    return sizes
+
+
+def _check_artifacts(plan: Mapping[str, Any], plan_dir: Path, report: _Report) -> None:
+    """Weights counted from an artifact: its tensors named `<weight>.*` must add up to the
+    plan's artifact bytes and bits per weight."""
+    section = plan.get("compression") or {}
+    cache: dict[str, dict[str, int] | None] = {}
+    for entry in section.get("weights") or ():
+        name = entry.get("artifact") if isinstance(entry, dict) else None
+        if not name:
+            continue
+        if name not in cache:
+            path = plan_dir / name
+            cache[name] = _artifact_bytes(path) if path.is_file() else None
+        sizes = cache[name]
+        if sizes is None:
+            report.add("compression", f"artifact {name!r} named by weight {entry['name']!r} is "
+                       "not beside the plan")
+            continue
+        prefix = f"{entry['name']}."
+        stored = sum(size for key, size in sizes.items()
+                     if key.startswith(prefix) and "." not in key[len(prefix):])
+        elements = math.prod(entry.get("shape") or [0]) or 1
+        if stored != entry.get("artifact_bytes") or \
+                abs(8.0 * stored / elements - entry.get("bits_per_weight", -1)) > 1e-3:
+            report.add("compression", f"weight {entry['name']!r}: {name} holds {stored} bytes "
+                       f"({8.0 * stored / elements:.6f} bits per weight), the plan says "
+                       f"{entry.get('artifact_bytes')} ({entry.get('bits_per_weight')})")
+
+
 def verify_plan(model_path: str | Path, plan_path: str | Path) -> PlanCheck:
     """Read MODEL and PLAN and check them; UserError (exit 2) when either is unreadable."""
     try:
@@ -675,4 +763,10 @@ def verify_plan(model_path: str | Path, plan_path: str | Path) -> PlanCheck:
         raise UserError(f"cannot read the plan {str(plan_path)!r}: {error}") from None
     if not isinstance(plan, dict):
         raise UserError(f"the plan {str(plan_path)!r} is not a JSON object")
-    return check_plan(model, plan)
+    check = check_plan(model, plan)
+    report = _Report()
+    _check_artifacts(plan, Path(plan_path).parent, report)
+    if not report.violations:
+        return check
+    return PlanCheck(violations=(*check.violations, *report.violations), checked=check.checked,
+                     traffic=check.traffic, arena=check.arena, notes=check.notes)

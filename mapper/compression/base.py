@@ -67,11 +67,25 @@ class CompressionJob:
 
 @dataclass(frozen=True, eq=False)
 class Encoded:
-    """One weight as a pass encoded it; `dense` is what it decodes to (row layout)."""
+    """One weight as a pass encoded it. `declared`: what the graph cannot show of its
+    format (metadata_props); `artifact_bytes`: what an artifact stores for it, when its
+    bits per weight are counted from there."""
 
     site: WeightSite
     codes: GroupCodes
     declared: Mapping[str, Any] = field(default_factory=dict)
+    artifact_bytes: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Encoding:
+    """Everything `encode` made: the weights, files for the output directory, notes, and
+    pass-specific figures for the plan section."""
+
+    weights: list[Encoded]
+    artifacts: Mapping[str, bytes] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,7 @@ class Rewritten:
     section: dict[str, Any]
     quality: Quality
     notes: tuple[str, ...]
+    artifacts: Mapping[str, bytes] = field(default_factory=dict)
 
 
 def relative_error(original: np.ndarray, approximation: np.ndarray) -> float:
@@ -96,7 +111,9 @@ class WeightRewritePass(Pass):
     lossy = True
     writes = ("compression",)
     provides = ("compression",)
-    config_field = "compression"
+    # The shared CompressionConfig is checked by the pass manager for every lossy pass;
+    # a pass's own settings name their config here.
+    config_field = None
     default_bits: ClassVar[int] = 4
     default_group_size: ClassVar[int] = 128
     bits_allowed: ClassVar[frozenset[int]] = frozenset({2, 4, 8})
@@ -133,7 +150,7 @@ class WeightRewritePass(Pass):
         return Settings(bits=bits, group_size=group, symmetric=config.symmetric, format=fmt)
 
     @abstractmethod
-    def encode(self, job: CompressionJob) -> list[Encoded]:
+    def encode(self, job: CompressionJob) -> Encoding:
         """Encode every site of `job` (the pass's own method)."""
 
     def run(self, context: PassContext) -> PassResult:
@@ -146,7 +163,7 @@ class WeightRewritePass(Pass):
             quality_metric=rewritten.quality.metric,
             quality=float(rewritten.section["quality"]["mean"])))
         return PassResult(model=rewritten.model, sections={"compression": rewritten.section},
-                          notes=rewritten.notes, facts=facts)
+                          notes=rewritten.notes, facts=facts, artifacts=rewritten.artifacts)
 
     def apply(self, context: PassContext) -> Rewritten:
         """Everything `run` does but the result wrapping (benchmarks call it directly)."""
@@ -162,15 +179,17 @@ class WeightRewritePass(Pass):
         job = CompressionJob(model=context.model, view=context.view, sites=tuple(usable),
                              settings=settings, samples=samples, options=options,
                              hardware=context.hardware)
-        encoded = self.encode(job)
+        encoding = self.encode(job)
+        encoded = encoding.weights
         model = self.emit(job, encoded)
         quality = measure(context.model, model, samples.evaluation, samples.label)
         gate(quality, config.max_degradation, self.name)
-        section = self.section(job, encoded, model, quality, skipped)
+        section = self.section(job, encoding, model, quality, skipped)
         notes = (f"{len(encoded)} weights to {section['bits_per_weight']:.3f} bits per weight "
                  f"({settings.format}); {summary_line(quality)}",
-                 *skipped[:20])
-        return Rewritten(model=model, section=section, quality=quality, notes=notes)
+                 *encoding.notes, *skipped[:20])
+        return Rewritten(model=model, section=section, quality=quality, notes=notes,
+                         artifacts=encoding.artifacts)
 
     def emit(self, job: CompressionJob, encoded: Sequence[Encoded]) -> ModelProto:
         """The model with every encoded weight written in the chosen format, normalized."""
@@ -187,26 +206,32 @@ class WeightRewritePass(Pass):
         return normalize(model, shapes, [], job.samples.calibration[0]
                          if job.samples.calibration else None)
 
-    def section(self, job: CompressionJob, encoded: Sequence[Encoded], model: ModelProto,
+    def section(self, job: CompressionJob, encoding: Encoding, model: ModelProto,
                 quality: Quality, skipped: Sequence[str]) -> dict[str, Any]:
-        """The plan's compression section, sized from the rewritten model's stored bytes."""
+        """The plan's compression section, sized from the rewritten model's stored bytes
+        (or, where a pass says so, from its artifact)."""
         view = GraphView.from_model(model, job.view.precision)
         entries = []
-        for item in encoded:
+        artifact = next(iter(encoding.artifacts), None)
+        for item in encoding.weights:
             site = item.site
             stored = _stored_format(view, site.weight)
             original = job.view.tensors[site.weight]
-            entries.append(weight_entry(
+            entry = weight_entry(
                 site.weight, site.node, self.name, job.settings.format, stored, site.shape,
                 relative_error(site_matrix(job.model, site), item.codes.dequantize()),
-                original.size))
-        return compression_section(self.name, entries, quality.to_section(),
-                                   self.artifact_names(), job.settings.to_dict(), skipped,
-                                   job.view.weight_bytes(), view.weight_bytes())
-
-    def artifact_names(self) -> tuple[str, ...]:
-        """Files this pass adds to the output directory (none by default)."""
-        return ()
+                original.size)
+            if item.artifact_bytes is not None and artifact is not None:
+                entry["artifact"] = artifact
+                entry["artifact_bytes"] = item.artifact_bytes
+                entry["bits_per_weight"] = round(8.0 * item.artifact_bytes
+                                                 / (site.rows * site.cols), 6)
+            entries.append(entry)
+        section = compression_section(self.name, entries, quality.to_section(),
+                                      list(encoding.artifacts), job.settings.to_dict(),
+                                      skipped, job.view.weight_bytes(), view.weight_bytes())
+        section.update(encoding.details)
+        return section
 
 
 def _stored_format(view: GraphView, weight: str) -> WeightFormat:

@@ -8,7 +8,7 @@ measured on held-out inputs.
 
 from __future__ import annotations
 
-from mapper.compression.base import CompressionJob, Encoded, WeightRewritePass
+from mapper.compression.base import CompressionJob, Encoded, Encoding, WeightRewritePass
 from mapper.compression.sites import site_matrix
 from mapper.passes.rtn.quantize import round_to_nearest
 
@@ -21,9 +21,10 @@ class RtnPass(WeightRewritePass):
     bits_allowed = frozenset({2, 3, 4, 8})
     description = "round-to-nearest weight-only group quantization (MatMulNBits / QDQ)"
 
-    def encode(self, job: CompressionJob) -> list[Encoded]:
+    def encode(self, job: CompressionJob) -> Encoding:
         """Quantize every site from its own range."""
         settings = job.settings
-        return [Encoded(site, round_to_nearest(site_matrix(job.model, site), settings.bits,
-                                               settings.group_size, settings.symmetric))
-                for site in job.sites]
+        return Encoding([Encoded(site, round_to_nearest(site_matrix(job.model, site),
+                                                        settings.bits, settings.group_size,
+                                                        settings.symmetric))
+                         for site in job.sites])

@@ -1,0 +1,144 @@
+"""GQSA pass: group quantization with structured group sparsity, in two stages.
+
+After "GQSA: Group Quantization and Sparsity for Accelerating LLM Inference" (Zeng et al.,
+2024). A group is `--group-size` consecutive weights along the reduction dim of one output
+channel; it is both the quantization group (one scale, one zero point) and the pruning
+unit. The pass:
+1. taps every layer's inputs on the calibration samples through the original model, and
+   picks the pruned groups (`--sparsity`) by saliency (saliency.py), uniformly or with the
+   exact global allocation;
+2. stage 1 (BQPO), block by block (transformer blocks recognised from the weight names):
+   the block's inputs come from the model with every earlier block already compressed;
+   each weight's codes are chosen with GPTQ/SparseGPT error compensation around its pruned
+   groups (bqpo.py), then its scales are refit to the layer's full-precision outputs on
+   those inputs (refit.py);
+3. stage 2 (E2E-OQP, closed form): codes and masks frozen, every layer's scales refit by
+   least squares to the original model's activations at that layer, on inputs through the
+   whole compressed prefix (`--stage2 none` skips it);
+4. emits MatMulNBits (pruned groups have scale 0, so they decode to exactly 0) or QDQ/lut,
+   and `weights.gqsa.safetensors` (BSR: per row its kept groups' indices, codes, fp16
+   scales and zero points), from which bits per weight are counted.
+Embedding tables, if selected, are quantized the same way without pruning (H = I).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mapper.compression.activations import (
+    ActivationTaps,
+    blocks_in_order,
+    decoded_initializer,
+    gram,
+)
+from mapper.compression.base import (
+    CompressionJob,
+    Encoded,
+    Encoding,
+    Settings,
+    WeightRewritePass,
+)
+from mapper.compression.codes import GroupCodes
+from mapper.compression.sites import WeightSite, site_matrix
+from mapper.errors import UserError
+from mapper.options import CompileOptions
+from mapper.passes.gqsa import artifact
+from mapper.passes.gqsa.bqpo import quantize_pruned, to_codes
+from mapper.passes.gqsa.refit import refit_scales
+from mapper.passes.gqsa.saliency import allocate, group_saliency
+
+
+class GqsaPass(WeightRewritePass):
+    """Group quantization plus structured group sparsity (GQSA): BQPO, then E2E refit."""
+
+    name = "gqsa"
+    config_field = "gqsa"
+    description = ("group quantization with structured group sparsity: saliency-pruned "
+                   "groups, GPTQ-style compensated codes, least-squares scale refits")
+    bits_allowed = frozenset({2, 3, 4, 8})
+    default_group_size = 128
+
+    def settings(self, options: CompileOptions, sites: list[WeightSite]) -> Settings:
+        """The shared settings, plus the sparsity's own check."""
+        resolved = super().settings(options, sites)
+        if not 0 <= options.gqsa.sparsity < 1:
+            raise UserError(f"--sparsity {options.gqsa.sparsity}: a share in [0, 1)")
+        return resolved
+
+    def encode(self, job: CompressionJob) -> Encoding:
+        """Masks, stage 1 per block, stage 2 per layer; the BSR artifact."""
+        config = job.options.gqsa
+        settings = job.settings
+        bits, group, symmetric = settings.bits, settings.group_size, settings.symmetric
+        feeds = list(job.samples.calibration)
+        matrices = [s for s in job.sites if s.kind != "gather"]
+        tables = [s for s in job.sites if s.kind == "gather"]
+        taps = ActivationTaps(job.model, matrices)
+        original = taps.collect(feeds, taps.taps)
+        weights = {site.weight: site_matrix(job.model, site) for site in job.sites}
+        saliencies, energies = [], []
+        for site in matrices:
+            w = weights[site.weight]
+            if config.sparsity == 0:  # nothing to prune: no saliency needed
+                saliencies.append(np.zeros((site.rows, -(-site.cols // group))))
+                energies.append(1.0)
+                continue
+            hessian = gram(original[site.activation])
+            saliencies.append(group_saliency(w, hessian, group, config.saliency))
+            energies.append(float(((w @ hessian) * w).sum()))
+        allocation = allocate(saliencies, energies, config.sparsity,
+                              config.sparsity_allocation)
+        masks = dict(zip((s.weight for s in matrices), allocation.masks, strict=True))
+        codes: dict[str, GroupCodes] = {}
+        decoded: dict[str, np.ndarray] = {}
+        for block in blocks_in_order(matrices):
+            inputs = (original if not decoded else
+                      taps.collect(feeds, sorted({s.activation for s in block}), decoded))
+            for site in block:
+                x = inputs[site.activation]
+                hessian = gram(x)
+                w = weights[site.weight]
+                stage1 = to_codes(quantize_pruned(w, hessian, masks[site.weight], bits,
+                                                  group, symmetric), bits, group)
+                codes[site.weight] = refit_scales(stage1, w, hessian, hessian)
+            # The block is done: later blocks see it compressed.
+            for site in block:
+                decoded[site.weight] = decoded_initializer(site,
+                                                           codes[site.weight].dequantize())
+        notes = [f"stage 1 (BQPO): {len(blocks_in_order(matrices))} blocks, sparsity "
+                 f"{config.sparsity:g} ({allocation.method}, {config.saliency} saliency)"]
+        if config.stage2 == "refit" and matrices:
+            for block in blocks_in_order(matrices):
+                inputs = taps.collect(feeds, sorted({s.activation for s in block}), decoded)
+                for site in block:
+                    x = inputs[site.activation]
+                    cross = x.astype(np.float64).T @ original[site.activation]
+                    codes[site.weight] = refit_scales(codes[site.weight], weights[site.weight],
+                                                      gram(x), cross)
+                    decoded[site.weight] = decoded_initializer(
+                        site, codes[site.weight].dequantize())
+            notes.append("stage 2 (E2E-OQP, closed form): scales refit to the original "
+                         "model's activations on inputs through the compressed prefix")
+        for site in tables:
+            w = weights[site.weight]
+            identity = np.eye(site.cols)
+            no_prune = np.zeros((site.rows, -(-site.cols // group)), dtype=bool)
+            codes[site.weight] = to_codes(quantize_pruned(w, identity, no_prune, bits, group,
+                                                          symmetric), bits, group)
+        with tempfile.TemporaryDirectory(prefix="mapper-gqsa-") as tmp:
+            path = Path(tmp) / artifact.ARTIFACT
+            sizes = artifact.write(path, codes)
+            data = path.read_bytes()
+        encoded = [Encoded(site, codes[site.weight],
+                           declared={"sparsity": float((codes[site.weight].scales == 0).mean())},
+                           artifact_bytes=sizes[site.weight]) for site in job.sites]
+        shares = dict(zip((s.weight for s in matrices), allocation.shares, strict=True))
+        details = {"gqsa": {"sparsity": config.sparsity,
+                            "allocation": allocation.method, "saliency": config.saliency,
+                            "stage2": config.stage2, "layer_sparsity": shares}}
+        return Encoding(encoded, artifacts={artifact.ARTIFACT: data}, notes=tuple(notes),
+                        details=details)
+
