@@ -16,7 +16,9 @@ from mapper.pipeline import PassContext
 from models import corpus
 from tests.test_memory_checker import check_memory_plan
 
-MODELS = [*models.REFERENCE_MODELS, *sorted(corpus.CORPUS)]
+# SmolLM2's memory plan is checked by the reference-model compile test; solving it twice more
+# here would add four minutes for no new operator kinds.
+MODELS = [*(n for n in models.REFERENCE_MODELS if n != "smollm2_135m"), *sorted(corpus.CORPUS)]
 
 
 def _load(name: str):

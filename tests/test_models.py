@@ -52,6 +52,7 @@ def test_registry_lists_the_reference_models() -> None:
         "gpt_decoder",
         "moe_transformer",
         "minilm_l6",
+        "smollm2_135m",
     )
     with pytest.raises(ValueError, match="known: resnet_small"):
         build("no_such_model")
