@@ -22,6 +22,7 @@ from mapper.outputs import check_output_dir, write_output_dir
 from mapper.passes.arena import ArenaPass
 from mapper.passes.estimate import EstimatePass
 from mapper.passes.gqsa import GqsaPass
+from mapper.passes.lqlora import LqloraPass
 from mapper.passes.memory import MemoryPass
 from mapper.passes.moe import MoePass
 from mapper.passes.rtn import RtnPass
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 PIPELINE: tuple[Pass, ...] = (
     RtnPass(),
     GqsaPass(),
+    LqloraPass(),
     MoePass(),
     TilingPass(),
     MemoryPass(),

@@ -175,6 +175,11 @@ class CompressionConfig(BaseModel):
     exclude: Annotated[tuple[str, ...], Flag("--exclude", metavar="NAME_OR_GLOB",
                                              multiple=True)] = Field(
         (), description="weights or nodes (names or shell globs) to leave dense; repeatable")
+    only: Annotated[tuple[str, ...], Flag("--only", metavar="NAME_OR_GLOB",
+                                          multiple=True)] = Field(
+        (), description="rewrite only these weights or nodes (names or shell globs); "
+        "repeatable; default: every MatMul/Gemm weight (and embedding table, see "
+        "--embeddings)")
     embeddings: Annotated[Literal["auto", "on", "off"], Flag("--embeddings")] = Field(
         "auto", description="quantize Gather embedding tables too: auto does so when the table "
         "is at least a tenth of the weights")
@@ -213,6 +218,40 @@ class GqsaConfig(BaseModel):
         "refit", description="stage 2 with codes and masks frozen: refit every layer's "
         "scales by least squares to the original model's outputs, on inputs through the "
         "compressed prefix; none: stage 1 alone")
+
+
+def parse_device_budget(text: str) -> int:
+    """`device_memory=SIZE` -> bytes (the memory `--bits auto` fits the model into)."""
+    from mapper.errors import UserError
+    from mapper.units import parse_size
+
+    key, sep, value = text.partition("=")
+    if not sep or key.strip() != "device_memory":
+        raise UserError(f"--budget {text!r}: expected device_memory=SIZE, e.g. "
+                        "device_memory=512MiB")
+    return parse_size(value.strip())
+
+
+class LqloraConfig(BaseModel):
+    """Configuration of the lqlora pass (low-rank plus quantized decomposition)."""
+
+    model_config = _FROZEN
+
+    rank: Annotated[int | None, Flag("--rank", metavar="R")] = Field(
+        None, ge=0, description="rank of each weight's low-rank part; 0: quantization only "
+        "(the ILP still picks the configs); default: 64 scaled to the matrix (64 at "
+        "4096 wide, at least 8)")
+    grid: Annotated[Literal["nf", "int"], Flag("--grid")] = Field(
+        "nf", description="configs the ILP chooses from: nf (NormalFloat 2/3/4/8 bits with "
+        "double-quantized block scales, the paper's 432) or int (what MatMulNBits holds: "
+        "2/4/8-bit groups of 16-128)")
+    budget_includes_lora: Annotated[bool, Flag("--budget-includes-lora")] = Field(
+        False, description="count the low-rank factors in the --bits budget too; the ILP may "
+        "then drop a matrix's factors (rank 0) where they do not pay for their bits")
+    device_memory: Annotated[int | None, Flag("--budget", metavar="device_memory=SIZE",
+                                              parse=parse_device_budget)] = Field(
+        None, gt=0, description="with --bits auto: the memory the weights and peak "
+        "activations must fit (default: the hardware's main memory)")
 
 
 class CompileOptions(BaseModel):
@@ -256,6 +295,8 @@ class CompileOptions(BaseModel):
     compression: CompressionConfig = Field(default_factory=CompressionConfig,
                                            description="weight-rewriting pass settings")
     gqsa: GqsaConfig = Field(default_factory=GqsaConfig, description="gqsa pass settings")
+    lqlora: LqloraConfig = Field(default_factory=LqloraConfig,
+                                 description="lqlora pass settings")
     moe: MoeConfig = Field(default_factory=MoeConfig, description="moe pass settings")
     memory: MemoryConfig = Field(default_factory=MemoryConfig,
                                  description="memory pass settings")

@@ -55,7 +55,7 @@ def check_format(fmt: str, bits: int, available: Mapping[str, frozenset[int]] = 
                     f"(onnxruntime's CPU kernels); {hint}")
 
 
-def _float_type(model: ModelProto, name: str) -> int:
+def float_type_of(model: ModelProto, name: str) -> int:
     graph = model.graph
     for info in [*graph.input, *graph.value_info, *graph.output]:
         if info.name == name and info.type.HasField("tensor_type"):
@@ -92,7 +92,7 @@ def _int_tensor(values: np.ndarray, name: str, bits: int, signed: bool) -> Tenso
 def _matmulnbits(site: WeightSite, codes: GroupCodes, model: ModelProto
                  ) -> tuple[list[NodeProto], list[TensorProto]]:
     packed, scales, zero_points = matmulnbits_arrays(codes)
-    float_type = _float_type(model, site.activation)
+    float_type = float_type_of(model, site.activation)
     inits = [_tensor(packed, site.weight), _tensor(scales, f"{site.weight}.scales", float_type)]
     inputs = [site.activation, site.weight, f"{site.weight}.scales"]
     if zero_points is not None:
@@ -116,7 +116,7 @@ def _gather_block_quantized(site: WeightSite, codes: GroupCodes, model: ModelPro
                             ) -> tuple[list[NodeProto], list[TensorProto]]:
     from mapper.compression.codes import pack_bits
 
-    float_type = _float_type(model, site.output)
+    float_type = float_type_of(model, site.output)
     data = pack_bits(codes.codes, codes.bits)
     inits = [_tensor(data, site.weight),
              _tensor(codes.scales, f"{site.weight}.scales", float_type)]
@@ -134,7 +134,7 @@ def _gather_block_quantized(site: WeightSite, codes: GroupCodes, model: ModelPro
 
 def _qdq(site: WeightSite, codes: GroupCodes, original: NodeProto, model: ModelProto
          ) -> tuple[list[NodeProto], list[TensorProto]]:
-    float_type = _float_type(model, site.output)
+    float_type = float_type_of(model, site.output)
     signed = codes.symmetric
     values = codes.codes.astype(np.int16)
     if signed:
@@ -171,13 +171,15 @@ def _const(name: str, values: np.ndarray | list[int]) -> TensorProto:
     return numpy_helper.from_array(np.asarray(values), name)
 
 
-def _lut(site: WeightSite, codes: GroupCodes, original: NodeProto, model: ModelProto
-         ) -> tuple[list[NodeProto], list[TensorProto]]:
-    """Bit-packed codes decoded by standard ops into the weight the original op reads."""
+def lut_decode(prefix: str, codes: GroupCodes, float_type: int, scales: str | None = None,
+               scale_type: int | None = None) -> tuple[list[NodeProto], list[TensorProto], str]:
+    """Standard-ONNX nodes that decode bit-packed `codes` into `<prefix>.lut.weight_rows`
+    [rows, cols] (row layout). The packed codes are the initializer `prefix`; the group
+    scales are the initializer `<prefix>.scales` (stored as `scale_type`, float by default)
+    unless `scales` names a tensor [rows, groups, 1] that another chain computes."""
     from mapper.compression.codes import pack_bits
 
-    bits, w = codes.bits, site.weight
-    float_type = _float_type(model, site.output)
+    bits, w = codes.bits, prefix
     count = codes.rows * codes.cols
     chunks = -(-count // 8)  # 8 codes take `bits` whole bytes
     stream = np.zeros(chunks * 8, dtype=np.uint8)
@@ -190,20 +192,28 @@ def _lut(site: WeightSite, codes: GroupCodes, original: NodeProto, model: ModelP
         np.arange(1 << bits, dtype=np.float32)
         - (float(1 << (bits - 1)) if codes.zero_points is None else 0.0))
     groups, group = codes.groups, codes.group_size
+    t = f"{w}.lut"
     inits = [
         _tensor(packed, w), _tensor(levels.astype(np.float32), f"{w}.levels", float_type),
-        _tensor(codes.scales.reshape(codes.rows, groups, 1), f"{w}.scales", float_type),
-        _const(f"{w}.lut.low", low),
-        _const(f"{w}.lut.high", high),
-        _const(f"{w}.lut.right", np.asarray([o % 8 for o in offsets], np.uint32)),
-        _const(f"{w}.lut.left", np.asarray([8 - o % 8 for o in offsets], np.uint32)),
-        _const(f"{w}.lut.mask", np.asarray([(1 << bits) - 1], np.uint32)),
-        _const(f"{w}.lut.codes", [chunks * 8]), _const(f"{w}.lut.count", [0]),
-        _const(f"{w}.lut.end", [count]),
-        _const(f"{w}.lut.groups", [codes.rows, groups, group])]
-    t = f"{w}.lut"
+        _const(f"{t}.low", low),
+        _const(f"{t}.high", high),
+        _const(f"{t}.right", np.asarray([o % 8 for o in offsets], np.uint32)),
+        _const(f"{t}.left", np.asarray([8 - o % 8 for o in offsets], np.uint32)),
+        _const(f"{t}.mask", np.asarray([(1 << bits) - 1], np.uint32)),
+        _const(f"{t}.codes", [chunks * 8]), _const(f"{t}.count", [0]),
+        _const(f"{t}.end", [count]),
+        _const(f"{t}.groups", [codes.rows, groups, group])]
+    nodes: list[NodeProto] = []
+    if scales is None:
+        scales = f"{w}.scales"
+        stored_type = scale_type if scale_type is not None else float_type
+        inits.append(_tensor(codes.scales.reshape(codes.rows, groups, 1), scales, stored_type))
+        if stored_type != float_type:
+            nodes.append(helper.make_node("Cast", [scales], [f"{t}.scales"],
+                                          name=f"{t}.scales", to=float_type))
+            scales = f"{t}.scales"
     pad = groups * group - codes.cols
-    nodes = [
+    nodes += [
         helper.make_node("Cast", [w], [f"{t}.b32"], name=f"{t}.widen",
                          to=TensorProto.UINT32),
         helper.make_node("Gather", [f"{t}.b32", f"{t}.low"], [f"{t}.lo"], name=f"{t}.lo",
@@ -248,7 +258,7 @@ def _lut(site: WeightSite, codes: GroupCodes, original: NodeProto, model: ModelP
                   helper.make_node("Sub", [current, f"{t}.zero"], [f"{t}.centred"],
                                    name=f"{t}.centre")]
         current = f"{t}.centred"
-    nodes.append(helper.make_node("Mul", [current, f"{w}.scales"], [f"{t}.scaled"],
+    nodes.append(helper.make_node("Mul", [current, scales], [f"{t}.scaled"],
                                   name=f"{t}.scale"))
     inits += [_const(f"{t}.shape", [codes.rows, groups * group]),
               _const(f"{t}.start", [0]), _const(f"{t}.stop", [codes.cols]),
@@ -258,13 +268,20 @@ def _lut(site: WeightSite, codes: GroupCodes, original: NodeProto, model: ModelP
               helper.make_node("Slice", [f"{t}.rowsfull", f"{t}.start", f"{t}.stop",
                                          f"{t}.axis"], [f"{t}.weight_rows"],
                                name=f"{t}.trim")]
-    decoded = f"{w}.dequantized"
+    return nodes, inits, f"{t}.weight_rows"
+
+
+def feed_decoded(site: WeightSite, rows_tensor: str, original: NodeProto
+                 ) -> list[NodeProto]:
+    """The nodes that hand a decoded row-layout weight to a copy of the site's op: the
+    weight in the op's own layout as `<weight>.dequantized`, then the op reading it."""
+    decoded = f"{site.weight}.dequantized"
     if site.kind == "gather" or site.transposed:
-        nodes.append(helper.make_node("Identity", [f"{t}.weight_rows"], [decoded],
-                                      name=f"{t}.decoded"))
+        first = helper.make_node("Identity", [rows_tensor], [decoded],
+                                 name=f"{site.weight}.lut.decoded")
     else:
-        nodes.append(helper.make_node("Transpose", [f"{t}.weight_rows"], [decoded],
-                                      name=f"{t}.decoded", perm=[1, 0]))
+        first = helper.make_node("Transpose", [rows_tensor], [decoded],
+                                 name=f"{site.weight}.lut.decoded", perm=[1, 0])
     rewritten = NodeProto()
     rewritten.CopyFrom(original)
     rewritten.input[0 if site.kind == "gather" else 1] = decoded
@@ -272,8 +289,14 @@ def _lut(site: WeightSite, codes: GroupCodes, original: NodeProto, model: ModelP
         for attribute in rewritten.attribute:
             if attribute.name == "alpha":
                 attribute.f = 1.0  # folded into the scales
-    nodes.append(rewritten)
-    return nodes, inits
+    return [first, rewritten]
+
+
+def _lut(site: WeightSite, codes: GroupCodes, original: NodeProto, model: ModelProto
+         ) -> tuple[list[NodeProto], list[TensorProto]]:
+    """Bit-packed codes decoded by standard ops into the weight the original op reads."""
+    nodes, inits, rows_tensor = lut_decode(site.weight, codes, float_type_of(model, site.output))
+    return nodes + feed_decoded(site, rows_tensor, original), inits
 
 
 def _upgrade_for_qdq(model: ModelProto) -> ModelProto:

@@ -87,6 +87,8 @@ def find_sites(model: ModelProto, config: CompressionConfig) -> tuple[list[Weigh
         if _excluded(config.exclude, site.weight, site.node):
             notes.append(f"{site.weight}: excluded by --exclude")
             continue
+        if config.only and not _excluded(config.only, site.weight, site.node):
+            continue  # not selected by --only: left as it is, without a note per weight
         if readers.get(site.weight, 0) > 1:
             notes.append(f"{site.weight}: read by {readers[site.weight]} nodes, left dense")
             continue
@@ -98,7 +100,29 @@ def find_sites(model: ModelProto, config: CompressionConfig) -> tuple[list[Weigh
                              f"left dense (--embeddings {config.embeddings})")
                 continue
         sites.append(site)
+    _check_selection(config.only, graph, initializers, sites)
     return sites, notes
+
+
+def _check_selection(patterns: Sequence[str], graph: onnx.GraphProto,
+                     initializers: dict[str, TensorProto], sites: Sequence[WeightSite]
+                     ) -> None:
+    """Every --only pattern must select a rewritable weight; naming another initializer
+    (a bias, a conv kernel, a 1-D scale) is a user error that says what it is."""
+    from mapper.errors import UserError
+
+    for pattern in patterns:
+        if any(_excluded((pattern,), s.weight, s.node) for s in sites):
+            continue
+        init = initializers.get(pattern)
+        if init is not None:
+            readers = sorted({n.op_type for n in graph.node if pattern in n.input})
+            raise UserError(
+                f"--only {pattern}: that initializer is {len(init.dims)}-D "
+                f"{list(init.dims)} read by {', '.join(readers) or 'no node'}; only 2-D "
+                "MatMul/Gemm weights (and Gather embedding tables) can be rewritten")
+        raise UserError(f"--only {pattern}: no rewritable weight or node matches it (weights "
+                        f"look like {', '.join(s.weight for s in sites[:3]) or 'none here'})")
 
 
 def _site(node: onnx.NodeProto, initializers: dict[str, TensorProto]) -> WeightSite | None:

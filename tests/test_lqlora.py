@@ -1,0 +1,278 @@
+"""LQ-LoRA: NF quantizer, decomposition, budget ILP, emission, adapters and the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from mapper.passes.lqlora import budget
+from mapper.passes.lqlora.decompose import decompose, default_rank, estimate_errors, low_rank
+from mapper.passes.lqlora.grid import IntConfig, grid, storage_bits
+from mapper.passes.lqlora.nf import (
+    QLORA_NF4,
+    NfConfig,
+    nearest_level,
+    nf_levels,
+    paper_grid,
+    quantize,
+)
+from mapper.passes.lqlora.search import Matrix, frontier, options_for, search
+from tests.conftest import run_mapper
+
+# bitsandbytes' NF4 table (its create_normal_map), to 4 decimals.
+BNB_NF4 = [-1.0, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0.0, 0.0796, 0.1609,
+           0.2461, 0.3379, 0.4407, 0.5626, 0.7230, 1.0]
+
+
+def test_nf_levels_and_the_paper_grid():
+    np.testing.assert_allclose(nf_levels(4), BNB_NF4, atol=1e-4)
+    for bits in (2, 3, 4, 8):
+        levels = nf_levels(bits)
+        assert levels.size == 1 << bits and levels[0] == -1 and levels[-1] == 1
+        assert 0.0 in levels and np.all(np.diff(levels) > 0)
+    configs = paper_grid()
+    assert len(configs) == 432 == len(set(configs))
+    assert round(QLORA_NF4.bits_per_weight(), 3) == 4.127
+
+
+def test_nearest_level_is_exact_against_searchsorted():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.uniform(-1, 1, 20000).astype(np.float32),
+                             np.float32([-1, 1, 0])])
+    for bits in (2, 3, 4, 8):
+        levels = nf_levels(bits)
+        edges = (levels[1:] + levels[:-1]) / 2
+        values_with_edges = np.concatenate([values, edges])
+        expected = np.searchsorted(edges, values_with_edges, side="left")
+        expected += (expected < edges.size) & (edges[np.minimum(expected, edges.size - 1)]
+                                               < values_with_edges)
+        got = nearest_level(values_with_edges, bits)
+        assert np.array_equal(got, expected)
+        # Nearest by distance: never farther than a brute-force argmin.
+        brute = np.abs(values[:, None] - levels[None, :]).argmin(axis=1)
+        assert np.all(np.abs(levels[got[:values.size]] - values)
+                      <= np.abs(levels[brute] - values))
+
+
+def test_quantize_stores_the_paper_bits_and_decodes_close():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    for config in (QLORA_NF4, NfConfig(2, 16, 3, 64, "bf16"), NfConfig(8, 32, 8, 16, "fp16")):
+        q = quantize(w, config)
+        formula = config.bits_per_weight() * w.size + 32
+        # A partial last second-level group still stores one whole scale.
+        assert formula <= q.stored_bits() <= formula + 32
+        error = np.linalg.norm(q.dequantize() - w) / np.linalg.norm(w)
+        assert error < {2: 0.5, 4: 0.12, 8: 0.01}[config.bits]
+
+
+def test_decomposition_keeps_the_best_iterate_and_rank_zero_is_quantization():
+    rng = np.random.default_rng(2)
+    low = rng.standard_normal((96, 8)) @ rng.standard_normal((8, 128))
+    w = (low + 0.3 * rng.standard_normal((96, 128))).astype(np.float32)
+    config = NfConfig(3, 32, 8, 64, "fp32")
+    plain = decompose(w, config, 0)
+    assert plain.rank == 0 and plain.iterations == 1
+    np.testing.assert_array_equal(plain.q.dequantize(), quantize(w, config).dequantize())
+    with_rank = decompose(w, config, 8)
+    first = decompose(w, config, 8, max_iterations=1)
+    assert with_rank.error <= first.error < plain.error
+    assert with_rank.error == pytest.approx(float(((w - with_rank.dense()) ** 2).sum()),
+                                            rel=1e-4)
+
+
+def test_weighted_low_rank_is_the_weighted_optimum():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((40, 30))
+    importance = rng.uniform(0.1, 5, 30)
+    l1, l2 = low_rank(w, 5, importance, 0)
+    root = np.sqrt(importance)
+    u, s, vt = np.linalg.svd(w * root, full_matrices=False)
+    best = ((u[:, :5] * s[:5]) @ vt[:5]) / root
+    np.testing.assert_allclose(l1 @ l2, best, atol=1e-4)
+
+
+def test_estimates_track_the_exact_first_iteration():
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((64, 128)).astype(np.float32)
+    configs = [NfConfig(b, 32, 4, 64, "fp32") for b in (2, 3, 4)] + [IntConfig(4, 32)]
+    estimates = estimate_errors(w, configs, 8, None)
+    for config, estimate in zip(estimates.configs, estimates.errors, strict=True):
+        exact = decompose(w, config, 8, max_iterations=1).error
+        assert estimate == pytest.approx(exact, rel=0.1), config
+
+
+def test_default_rank_scales_with_the_matrix():
+    assert default_rank(4096, 4096) == 64
+    assert default_rank(384, 1536) == 8
+    assert default_rank(11008, 4096) == 64
+
+
+def test_ilp_matches_brute_force_and_beats_uniform():
+    rng = np.random.default_rng(5)
+    bits = [[int(b) for b in sorted(rng.integers(100, 400, 4))] for _ in range(4)]
+    errors = [sorted(rng.uniform(1, 10, 4), reverse=True) for _ in range(4)]
+    for budget_bits in (800, 1000, 1200):
+        solved = budget.solve(bits, errors, budget_bits, 5.0, 0)
+        feasible = [(sum(errors[m][o] for m, o in enumerate(p)), p)
+                    for p in itertools.product(range(4), repeat=4)
+                    if sum(bits[m][o] for m, o in enumerate(p)) <= budget_bits]
+        best = min(feasible)
+        assert solved.objective == pytest.approx(best[0], rel=1e-9)
+        assert solved.bits <= budget_bits and solved.status == "OPTIMAL"
+    with pytest.raises(ValueError):
+        budget.solve(bits, errors, 10, 1.0, 0)
+
+
+def test_frontier_drops_dominated_options():
+    rng = np.random.default_rng(6)
+    m = Matrix("w", rng.standard_normal((32, 64)).astype(np.float32), None, (0,))
+    options = options_for(m, grid("nf"), 0)
+    front = frontier(options, False)
+    assert 0 < len(front) < len(options) / 4
+    for a, b in itertools.pairwise(front):
+        assert a.q_bits < b.q_bits and a.estimate > b.estimate
+
+
+def test_search_meets_the_budget_and_the_full_table_agrees():
+    rng = np.random.default_rng(7)
+    matrices = [Matrix(f"w{i}", (rng.standard_normal((128, 256)) * (i + 1)).astype(np.float32),
+                       None, (8,)) for i in range(3)]
+    elements = sum(m.elements for m in matrices)
+    configs = [c for c in paper_grid() if c.scale_dtype == "fp32" and c.scale_block == 64]
+    for target in (3.0, 3.5):
+        budget_bits = int(target * elements)
+        fast = search(matrices, configs, budget_bits, False, 10.0, 0)
+        full = search(matrices, configs, budget_bits, False, 10.0, 0, exhaustive=True)
+        used = sum(c.option.q_bits for c in fast.choices)
+        assert used <= budget_bits and used >= budget_bits - 0.05 * elements
+        assert fast.decomposed < full.decomposed
+        assert fast.assignment.objective <= full.assignment.objective * 1.001
+        assert fast.uniform is None or fast.assignment.objective <= fast.uniform[1]
+
+
+# --- end to end on a small MLP --------------------------------------------------------------
+
+
+def _mlp(path, hidden=256):
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((128, hidden)) * 0.1).astype(np.float32)
+    w2 = (rng.standard_normal((hidden, 64)) * 0.1).astype(np.float32)
+    bias = (rng.standard_normal(64) * 0.1).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "fc1.weight"], ["h"], name="fc1"),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("Gemm", ["r", "fc2.weight", "fc2.bias"], ["y"], name="fc2",
+                          alpha=0.5)],
+        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 128])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+        [numpy_helper.from_array(w1, "fc1.weight"), numpy_helper.from_array(w2, "fc2.weight"),
+         numpy_helper.from_array(bias, "fc2.bias")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _compile(model, out, *flags):
+    return run_mapper("compile", str(model), "--hw", "a100", "-o", str(out),
+                      "--compress", "lqlora", *flags)
+
+
+@pytest.mark.parametrize("grid_name", ["nf", "int"])
+def test_cli_meets_the_budget_and_verify_plan_recounts_it(tmp_path, grid_name):
+    from mapper.verify_plan import check_plan
+
+    model = _mlp(tmp_path / "mlp.onnx")
+    result = _compile(model, tmp_path / "out", "--bits", "3.25", "--grid", grid_name)
+    assert result.code == 0, (result.stdout + result.stderr)
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    section = plan["compression"]
+    details = section["lqlora"]
+    # Two small matrices with 0.6 KiB of decode tables each: the budget is met, not filled.
+    assert 2.9 <= details["bits_per_weight_q"] <= 3.25
+    # The plan's bits come from the stored initializers, factors included.
+    assert section["bits_per_weight"] == pytest.approx(details["bits_per_weight_total"],
+                                                       abs=1e-4)
+    assert check_plan(onnx.load(tmp_path / "out" / "model.onnx"), plan).ok
+    for entry in section["weights"]:
+        assert entry["factors"] == [f"{entry['name']}.lora_A", f"{entry['name']}.lora_B"]
+        assert entry["rel_error"] < entry["rel_error_quantized_only"]
+    assert details["ilp"]["objective"] <= details["ilp"]["best_uniform"]["objective"]
+
+
+def test_adapters_round_trip_through_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+    from safetensors.torch import load_file
+
+    model = _mlp(tmp_path / "mlp.onnx")
+    result = _compile(model, tmp_path / "out", "--bits", "2.5")
+    assert result.code == 0, (result.stdout + result.stderr)
+    emitted = onnx.load(tmp_path / "out" / "model.onnx")
+    adapters = load_file(tmp_path / "out" / "adapters.safetensors")
+    # The dequantized Q of each weight, read from the emitted model's own decode.
+    names = ["fc1.weight.dequantized", "fc2.weight.dequantized"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(emitted)
+    probe.graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                               for n in names])
+    x = np.random.default_rng(9).standard_normal((4, 128)).astype(np.float32)
+    session = ort.InferenceSession(probe.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    y_onnx, q1, q2 = session.run(["y", *names], {"x": x})
+    bias = torch.from_numpy(numpy_helper.to_array(
+        next(i for i in onnx.load(model).graph.initializer if i.name == "fc2.bias")))
+
+    def lora(name, inputs):
+        a = adapters[f"base_model.model.{name}.lora_A.weight"]
+        b = adapters[f"base_model.model.{name}.lora_B.weight"]
+        return inputs @ a.T @ b.T
+
+    xt = torch.from_numpy(x)
+    hidden = torch.relu(xt @ torch.from_numpy(q1) + lora("fc1", xt))
+    y_torch = hidden @ torch.from_numpy(q2) + bias + lora("fc2", hidden)
+    np.testing.assert_allclose(y_torch.numpy(), y_onnx, atol=1e-5)
+
+
+def test_budget_can_include_the_factors_and_bits_auto_fits_the_device(tmp_path):
+    model = _mlp(tmp_path / "mlp.onnx")
+    result = _compile(model, tmp_path / "lora", "--bits", "4", "--budget-includes-lora")
+    assert result.code == 0, (result.stdout + result.stderr)
+    details = json.loads((tmp_path / "lora" / "plan.json").read_text())["compression"]["lqlora"]
+    assert details["bits_per_weight_total"] <= 4.0
+    result = _compile(model, tmp_path / "auto", "--bits", "auto",
+                      "--budget", "device_memory=60KiB")
+    assert result.code == 0, (result.stdout + result.stderr)
+    plan = json.loads((tmp_path / "auto" / "plan.json").read_text())
+    assert "--bits auto" in plan["compression"]["lqlora"]["budget_note"]
+    assert plan["estimate"]["peak_device_bytes"] <= 60 * 1024
+    result = _compile(model, tmp_path / "tiny", "--bits", "auto",
+                      "--budget", "device_memory=4KiB")
+    assert result.code == 3, (result.stdout + result.stderr)
+    assert not (tmp_path / "tiny").exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--bits", "1.5"], "below the smallest config: the minimum is"),
+    (["--bits", "3", "--rank", "100"], "--rank 100 exceeds min(rows, cols) = 64"),
+    (["--bits", "3", "--only", "fc2.bias"], "--only fc2.bias: that initializer is 1-D"),
+    (["--bits", "3", "--format", "matmulnbits"], "--format matmulnbits cannot hold"),
+    (["--bits", "3", "--grid", "int", "--format", "qdq"], "--format qdq cannot hold"),
+    (["--bits", "3", "--budget", "memory=1GiB"], "expected device_memory=SIZE"),
+    ([], "needs --bits"),
+])
+def test_bad_lqlora_input_exits_2_naming_the_flag(tmp_path, flags, message):
+    model = _mlp(tmp_path / "mlp.onnx")
+    result = _compile(model, tmp_path / "out", *flags)
+    assert result.code == 2, (result.stdout + result.stderr)
+    assert message in (result.stdout + result.stderr)
+    assert "Traceback" not in (result.stdout + result.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_storage_bits_count_partial_groups():
+    assert storage_bits(IntConfig(4, 32), 10, 40) == 10 * (2 * 32 * 4 + 2 * 32 + 8)
