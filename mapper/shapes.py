@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
-from onnx import ModelProto, TypeProto, ValueInfoProto
+from onnx import ModelProto, TensorProto, TypeProto, ValueInfoProto
 
 from mapper.errors import UserError
 from mapper.onnx_utils import np_dtype
@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 # through protobuf serialization on every round is what made big models slow to load.
 # Small ones stay, since data propagation reads values such as Reshape targets.
 _VALUE_NEEDED_BYTES = 4096
+# Quantized codes and bit-unpacking constants never shape anything, and ONNX's data
+# propagation follows their values through every decode op (seconds and gigabytes on an
+# LLM's decode chains): they are shown as typed inputs whatever their size.
+_CODE_TYPES = frozenset({TensorProto.UINT8, TensorProto.INT8, TensorProto.UINT16,
+                         TensorProto.INT16, TensorProto.UINT32, TensorProto.UINT64,
+                         TensorProto.INT4, TensorProto.UINT4})
 
 
 def weightless_copy(model: ModelProto) -> tuple[ModelProto, set[str]]:
@@ -28,7 +34,8 @@ def weightless_copy(model: ModelProto) -> tuple[ModelProto, set[str]]:
     to C++ and back; without the weights that costs milliseconds instead of seconds.
     """
     graph = model.graph
-    heavy = [init for init in graph.initializer if init.ByteSize() > _VALUE_NEEDED_BYTES]
+    heavy = [init for init in graph.initializer if init.ByteSize() > _VALUE_NEEDED_BYTES
+             or init.data_type in _CODE_TYPES]
     light = ModelProto()
     light.ir_version = max(model.ir_version, 4)
     light.opset_import.extend(model.opset_import)
@@ -51,11 +58,32 @@ def annotated_copy(model: ModelProto) -> ModelProto | None:
     """A weightless copy with ONNX's inferred shapes everywhere, subgraphs included."""
     light, _ = weightless_copy(model)
     try:
+        # Without data propagation first: constant Reshape targets and Slice bounds are read
+        # either way, and propagation costs seconds on large decode chains. It runs only
+        # when shapes computed in the graph (Shape -> Concat -> Reshape) are left unknown.
+        plain = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False)
+        if _all_static(plain):
+            return plain
         return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False,
                                                  data_prop=True)
     except Exception as error:  # inference raising on one odd node must not sink the load
         log.debug("ONNX shape inference failed: %s", error)
         return None
+
+
+def _all_static(model: ModelProto) -> bool:
+    """Every main-graph node output has a type with a fully static shape."""
+    graph = model.graph
+    known = {info.name: info for info in [*graph.value_info, *graph.output, *graph.input]}
+    for node in graph.node:
+        for name in node.output:
+            info = known.get(name)
+            if name and (info is None or not info.type.HasField("tensor_type")
+                         or not info.type.tensor_type.HasField("shape")
+                         or not all(d.HasField("dim_value")
+                                    for d in info.type.tensor_type.shape.dim)):
+                return False
+    return True
 
 
 def infer_shapes(model: ModelProto) -> ModelProto:

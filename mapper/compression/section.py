@@ -88,10 +88,42 @@ def report_section(plan: Mapping[str, Any]) -> str:
     html.append(html_table(["weight", "format", "bits", "group", "sparsity", "rank",
                             "bits/weight", "rel. error", "dense", "stored"], rows,
                            numeric={2, 3, 4, 5, 6, 7, 8, 9}))
+    if section.get("lqlora"):
+        html.append(_lqlora_html(section))
     if section.get("skipped"):
         items = "".join(f"<li>{escape(note)}</li>" for note in section["skipped"][:50])
         html.append(f"<p class='muted'>Left dense:</p><ul class='muted'>{items}</ul>")
     return "".join(html)
+
+
+def _lqlora_html(section: Mapping[str, Any]) -> str:
+    """LQ-LoRA's part: the budget and the ILP, then per weight its config and errors."""
+    details = section["lqlora"]
+    ilp = details["ilp"]
+    uniform = ilp.get("best_uniform") or {}
+    table = details["table"]
+    lines = [
+        "<h3>LQ-LoRA</h3><p>",
+        f"Budget {details['budget_bits_per_weight']:.3f} bits per weight"
+        f"{' (factors included)' if details['budget_includes_lora'] else ''}: Q stores "
+        f"{details['bits_per_weight_q']:.3f}, the factors "
+        f"{details['bits_per_weight_factors']:.3f}, total "
+        f"{details['bits_per_weight_total']:.3f}. ILP {escape(ilp['status'])}: objective "
+        f"{ilp['objective']:.6g}, bound {ilp['bound']:.6g}"
+        + (f"; the best uniform config ({escape(str(uniform.get('config')))}) scores "
+           f"{uniform['objective']:.6g}" if uniform else "")
+        + f". Error table: {table['options']} options, {table['frontier']} on the "
+        f"frontier, {table['decomposed']} decomposed exactly.",
+        f" {escape(details.get('budget_note') or '')}</p>"]
+    errors = {w["name"]: w for w in section["weights"]}
+    rows = [[w["name"], w["config"], w["rank"],
+             f"{errors[w['name']].get('rel_error_quantized_only', float('nan')):.4f}",
+             f"{errors[w['name']]['rel_error']:.4f}", f"{w['bits_q']:.3f}",
+             f"{w['bits_factors']:.3f}"] for w in details["weights"]]
+    lines.append(html_table(["weight", "config", "rank", "rel. error (Q alone)",
+                             "rel. error (Q + L1·L2)", "bits Q", "bits factors"], rows,
+                            numeric={2, 3, 4, 5, 6}))
+    return "".join(lines)
 
 
 def _opt(value: float | None, spec: str = ".3f") -> str:

@@ -11,10 +11,11 @@ unit. The pass:
    the block's inputs come from the model with every earlier block already compressed;
    each weight's codes are chosen with GPTQ/SparseGPT error compensation around its pruned
    groups (bqpo.py), then its scales are refit to the layer's full-precision outputs on
-   those inputs (refit.py);
+   those inputs (refit.py; a row keeps its refit only where fitting on either half of the
+   samples also helps on the other half);
 3. stage 2 (E2E-OQP, closed form): codes and masks frozen, every layer's scales refit by
    least squares to the original model's activations at that layer, on inputs through the
-   whole compressed prefix (`--stage2 none` skips it);
+   whole compressed prefix, gated the same way (`--stage2 none` skips it);
 4. emits MatMulNBits (pruned groups have scale 0, so they decode to exactly 0) or QDQ/lut,
    and `weights.gqsa.safetensors` (BSR: per row its kept groups' indices, codes, fp16
    scales and zero points), from which bits per weight are counted.
@@ -47,7 +48,7 @@ from mapper.errors import UserError
 from mapper.options import CompileOptions
 from mapper.passes.gqsa import artifact
 from mapper.passes.gqsa.bqpo import quantize_pruned, to_codes
-from mapper.passes.gqsa.refit import refit_scales
+from mapper.passes.gqsa.refit import validated_refit
 from mapper.passes.gqsa.saliency import allocate, group_saliency
 
 
@@ -103,7 +104,7 @@ class GqsaPass(WeightRewritePass):
                 w = weights[site.weight]
                 stage1 = to_codes(quantize_pruned(w, hessian, masks[site.weight], bits,
                                                   group, symmetric), bits, group)
-                codes[site.weight] = refit_scales(stage1, w, hessian, hessian)
+                codes[site.weight] = validated_refit(stage1, w, x, x)
             # The block is done: later blocks see it compressed.
             for site in block:
                 decoded[site.weight] = decoded_initializer(site,
@@ -114,10 +115,9 @@ class GqsaPass(WeightRewritePass):
             for block in blocks_in_order(matrices):
                 inputs = taps.collect(feeds, sorted({s.activation for s in block}), decoded)
                 for site in block:
-                    x = inputs[site.activation]
-                    cross = x.astype(np.float64).T @ original[site.activation]
-                    codes[site.weight] = refit_scales(codes[site.weight], weights[site.weight],
-                                                      gram(x), cross)
+                    codes[site.weight] = validated_refit(
+                        codes[site.weight], weights[site.weight], inputs[site.activation],
+                        original[site.activation])
                     decoded[site.weight] = decoded_initializer(
                         site, codes[site.weight].dequantize())
             notes.append("stage 2 (E2E-OQP, closed form): scales refit to the original "

@@ -29,7 +29,7 @@ from mapper.passes.lqlora.nf import (
 
 MAX_ITERATIONS = 10
 # Another alternation round is run only while the last one cut the error by this share.
-MIN_GAIN = 0.005
+MIN_GAIN = 0.01
 # A rank well below the smaller dim takes a randomized SVD (oversampled, two power
 # iterations): within float32 noise of the exact one on weight matrices, and 10x faster.
 _RANDOMIZED_ABOVE = 256
@@ -71,19 +71,39 @@ def low_rank(matrix: np.ndarray, rank: int, importance: np.ndarray | None, seed:
              ) -> tuple[np.ndarray, np.ndarray]:
     """The best rank-`rank` approximation L1·L2 under column weights `importance`
     (randomized SVD with oversampling and power iterations for large matrices)."""
+    l1, l2, _ = _low_rank(matrix, rank, importance, seed, None)
+    return l1, l2
+
+
+def _low_rank(matrix: np.ndarray, rank: int, importance: np.ndarray | None, seed: int,
+              start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """low_rank, plus the right subspace [cols, rank + 10] that warm-starts the next call
+    on a nearby matrix (the alternation's next residual): one power iteration then
+    suffices where a cold start takes two."""
     if rank == 0:
         return (np.zeros((matrix.shape[0], 0), np.float32),
-                np.zeros((0, matrix.shape[1]), np.float32))
+                np.zeros((0, matrix.shape[1]), np.float32), None)
     root = np.sqrt(importance) if importance is not None else None
-    scaled = matrix.astype(np.float64) * (root[None, :] if root is not None else 1.0)
-    if min(scaled.shape) > _RANDOMIZED_ABOVE and 4 * rank < min(scaled.shape):
-        rng = np.random.default_rng(seed)
-        sketch = scaled @ rng.standard_normal((scaled.shape[1], rank + 10))
-        for _ in range(2):
+    randomized = min(matrix.shape) > _RANDOMIZED_ABOVE and 4 * rank < min(matrix.shape)
+    # The sketch's products run in float32 (twice the speed; the subspace only steers),
+    # the small exact SVDs in float64.
+    dtype = np.float32 if randomized else np.float64
+    scaled = matrix.astype(dtype) * (root[None, :].astype(dtype) if root is not None else 1)
+    subspace = None
+    if randomized:
+        if start is None:
+            rng = np.random.default_rng(seed)
+            start = rng.standard_normal((scaled.shape[1], rank + 10))
+            powers = 2
+        else:
+            powers = 1
+        sketch = scaled @ start.astype(dtype)
+        for _ in range(powers):
             sketch = scaled @ (scaled.T @ np.linalg.qr(sketch)[0])
         basis = np.linalg.qr(sketch)[0]
-        u, s, vt = np.linalg.svd(basis.T @ scaled, full_matrices=False)
-        u = basis @ u
+        u, s, vt = np.linalg.svd((basis.T @ scaled).astype(np.float64), full_matrices=False)
+        u = basis.astype(np.float64) @ u
+        subspace = vt.T
     else:
         u, s, vt = np.linalg.svd(scaled, full_matrices=False)
     root_s = np.sqrt(s[:rank])
@@ -91,7 +111,7 @@ def low_rank(matrix: np.ndarray, rank: int, importance: np.ndarray | None, seed:
     l2 = root_s[:, None] * vt[:rank]
     if root is not None:
         l2 = l2 / np.where(root > 0, root, 1.0)[None, :]
-    return l1.astype(np.float32), l2.astype(np.float32)
+    return l1.astype(np.float32), l2.astype(np.float32), subspace
 
 
 def decompose(matrix: np.ndarray, config: Config, rank: int,
@@ -101,11 +121,13 @@ def decompose(matrix: np.ndarray, config: Config, rank: int,
     w = matrix.astype(np.float32)
     quantized = np.zeros_like(w)
     best: Decomposition | None = None
+    subspace = None
     for iteration in range(1, max_iterations + 1):
-        l1, l2 = low_rank(w - quantized, rank, importance, seed)
-        q = quantize_config(w - l1 @ l2, config)
+        l1, l2, subspace = _low_rank(w - quantized, rank, importance, seed, subspace)
+        residual = w - l1 @ l2
+        q = quantize_config(residual, config)
         quantized = q.dequantize()
-        error = _weighted_error(w - quantized - l1 @ l2, importance)
+        error = _weighted_error(residual - quantized, importance)
         if best is not None and error >= best.error:
             break  # it rose: keep the best iterate
         improving = best is None or error < (1 - MIN_GAIN) * best.error

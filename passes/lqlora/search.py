@@ -116,14 +116,16 @@ def options_for(matrix: Matrix, configs: Sequence[Config], seed: int) -> list[Op
 
 def search(matrices: Sequence[Matrix], configs: Sequence[Config], budget_bits: int,
            include_factors: bool, time_limit_s: float, seed: int,
-           exhaustive: bool = False) -> SearchResult:
+           exhaustive: bool = False,
+           cache: dict[tuple[int, Config, int], Decomposition] | None = None) -> SearchResult:
     """The assignment of options to `matrices` within `budget_bits` (see the module doc).
-    Raises ValueError when even the cheapest options do not fit."""
+    `cache` keeps decompositions across calls on the same matrices (the benchmark's full
+    table). Raises ValueError when even the cheapest options do not fit."""
     all_options = [options_for(m, configs, seed + i) for i, m in enumerate(matrices)]
     fronts = ([sorted(o, key=lambda x: (x.bits(include_factors), x.estimate))
                for o in all_options] if exhaustive
               else [frontier(o, include_factors) for o in all_options])
-    cache: dict[tuple[int, Config, int], Decomposition] = {}
+    cache = {} if cache is None else cache
 
     def exact(m: int, option: Option) -> Decomposition:
         key = (m, option.config, option.rank)
