@@ -276,3 +276,26 @@ def test_bad_lqlora_input_exits_2_naming_the_flag(tmp_path, flags, message):
 
 def test_storage_bits_count_partial_groups():
     assert storage_bits(IntConfig(4, 32), 10, 40) == 10 * (2 * 32 * 4 + 2 * 32 + 8)
+
+
+@pytest.mark.slow
+def test_minilm_budget_is_met_and_the_ilp_beats_the_best_uniform_config(tmp_path):
+    import models
+    from mapper.verify_plan import check_plan
+
+    out = tmp_path / "out"
+    result = run_mapper("compile", str(models.build("minilm_l6")), "--hw", "a100", "-o",
+                        str(out), "--compress", "lqlora", "--bits", "2.75")
+    assert result.code == 0, result.stderr
+    plan = json.loads((out / "plan.json").read_text())
+    details = plan["compression"]["lqlora"]
+    assert 2.74 <= details["bits_per_weight_q"] <= 2.75
+    ilp = details["ilp"]
+    assert ilp["objective"] < ilp["best_uniform"]["objective"]
+    assert ilp["bound"] <= ilp["objective"]
+    assert len(details["weights"]) == 36
+    assert check_plan(onnx.load(out / "model.onnx"), plan).ok
+    from safetensors.numpy import load_file
+
+    adapters = load_file(out / "adapters.safetensors")
+    assert len(adapters) == 72  # lora_A and lora_B for each of the 36 weights
