@@ -167,11 +167,13 @@ class CompressionConfig(BaseModel):
         "16 to 256); default: the pass's own")
     symmetric: Annotated[bool, Flag("--symmetric")] = Field(
         False, description="symmetric codes (no zero points) instead of asymmetric")
-    format: Annotated[Literal["matmulnbits", "qdq", "lut"] | None, Flag("--format")] = Field(
+    format: Annotated[Literal["matmulnbits", "qdq", "lut", "bnb4"] | None,
+                      Flag("--format")] = Field(
         None, description="how the quantized weights are emitted: com.microsoft.MatMulNBits "
-        "(2/4/8 bits), blocked DequantizeLinear + MatMul (qdq: 4/8 bits), or bit-packed codes "
-        "and a level table in standard ONNX (lut: 1-8 bits); default: the first that holds "
-        "--bits")
+        "(2/4/8 bits), blocked DequantizeLinear + MatMul (qdq: 4/8 bits), bit-packed codes "
+        "and a level table in standard ONNX (lut: 1-8 bits), or com.microsoft.MatMulBnb4 "
+        "for lqlora's NF4 MatMul weights (bnb4; other widths as lut); default: the first "
+        "that holds --bits")
     exclude: Annotated[tuple[str, ...], Flag("--exclude", metavar="NAME_OR_GLOB",
                                              multiple=True)] = Field(
         (), description="weights or nodes (names or shell globs) to leave dense; repeatable")

@@ -299,3 +299,43 @@ def test_minilm_budget_is_met_and_the_ilp_beats_the_best_uniform_config(tmp_path
 
     adapters = load_file(out / "adapters.safetensors")
     assert len(adapters) == 72  # lora_A and lora_B for each of the 36 weights
+
+
+def test_matmulbnb4_decodes_exactly_the_nf4_weights():
+    import onnxruntime as ort
+
+    from mapper.compression.sites import WeightSite
+    from mapper.passes.lqlora.emit import _bnb4_site
+
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((64, 128)).astype(np.float32)  # [out, in]
+    q = quantize(w, QLORA_NF4)
+    site = WeightSite(node="mm", kind="matmul", weight="w", rows=64, cols=128,
+                      activation="x", output="y")
+    nodes, inits = _bnb4_site(site, q)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [128, 128])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [128, 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    decoded = session.run(None, {"x": np.eye(128, dtype=np.float32)})[0]
+    np.testing.assert_array_equal(decoded, q.dequantize().T)
+
+
+def test_bnb4_format_emits_nf4_weights_as_matmulbnb4(tmp_path):
+    from mapper.verify_plan import check_plan
+
+    model = _mlp(tmp_path / "mlp.onnx")
+    result = _compile(model, tmp_path / "out", "--bits", "4.3", "--format", "bnb4",
+                      "--rank", "0")
+    assert result.code == 0, result.stderr
+    emitted = onnx.load(tmp_path / "out" / "model.onnx")
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    nf4 = [w["name"] for w in plan["compression"]["lqlora"]["weights"]
+           if w["config"].startswith("nf4")]
+    bnb = [n.input[1] for n in emitted.graph.node if n.op_type == "MatMulBnb4"]
+    # Only the MatMul (not the Gemm) can be a MatMulBnb4, and only in an NF4 config.
+    assert set(bnb) == set(nf4) - {"fc2.weight"}
+    assert check_plan(emitted, plan).ok

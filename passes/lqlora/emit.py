@@ -38,6 +38,7 @@ class Emitted:
     q: NfWeight | GroupCodes
     l1: np.ndarray
     l2: np.ndarray
+    bnb4: bool = False  # an NF4 Q as com.microsoft.MatMulBnb4
 
 
 def lora_names(weight: str) -> tuple[str, str]:
@@ -94,6 +95,23 @@ def _nf_site(site: WeightSite, q: NfWeight, original: NodeProto, model: ModelPro
         absmax_inits + inits
 
 
+def _bnb4_site(site: WeightSite, q: NfWeight) -> tuple[list[NodeProto], list[TensorProto]]:
+    """An NF4 MatMul weight as MatMulBnb4: W [out, in] row-major, two codes a byte (the
+    first in the high nibble, as bitsandbytes packs), one float32 absmax per block: the
+    double-quantized scales decoded at emission, so the values are exactly Q's."""
+    flat = q.codes.ravel()
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    packed = ((flat[0::2] << 4) | flat[1::2]).astype(np.uint8)
+    absmax = q.block_scales().ravel().astype(np.float32)
+    inits = [numpy_helper.from_array(packed, site.weight),
+             numpy_helper.from_array(absmax, f"{site.weight}.absmax")]
+    node = helper.make_node("MatMulBnb4", [site.activation, site.weight, f"{site.weight}.absmax"],
+                            [site.output], name=site.node, domain="com.microsoft",
+                            K=site.cols, N=site.rows, block_size=q.config.block, quant_type=1)
+    return [node], inits
+
+
 def emit(model: ModelProto, items: Sequence[Emitted]) -> ModelProto:
     """A copy of `model` with every item's Q in its grid's format and its factors added."""
     ints = [(i.site, i.q) for i in items if isinstance(i.q, GroupCodes)]
@@ -101,6 +119,9 @@ def emit(model: ModelProto, items: Sequence[Emitted]) -> ModelProto:
     nf_items = {i.site.node: i for i in items if isinstance(i.q, NfWeight)}
     if nf_items:
         result = _nf_rewrite(result, nf_items)
+        if any(i.bnb4 for i in nf_items.values()) and not any(
+                e.domain == "com.microsoft" for e in result.opset_import):
+            result.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     _add_factors(result, [i for i in items if i.l1.shape[1] > 0])
     return result
 
@@ -125,7 +146,10 @@ def _nf_rewrite(model: ModelProto, items: dict[str, Emitted]) -> ModelProto:
             nodes.append(node)
             continue
         assert isinstance(item.q, NfWeight)
-        made, made_inits = _nf_site(item.site, item.q, node, result)
+        if item.bnb4:
+            made, made_inits = _bnb4_site(item.site, item.q)
+        else:
+            made, made_inits = _nf_site(item.site, item.q, node, result)
         nodes += made
         inits += made_inits
     kept = [i for i in graph.initializer if i.name not in replaced]

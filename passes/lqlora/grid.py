@@ -70,12 +70,22 @@ def _lut_chain_bits(rows: int, cols: int, bits: int, group: int) -> int:
     return 8 * (chunks * bits + 4 * (1 << bits) + constants)
 
 
-def storage_bits(config: Config, rows: int, cols: int) -> int:
+def uses_bnb4(config: Config, fmt: str, kind: str = "matmul") -> bool:
+    """Whether `config` on a site of `kind` is emitted as MatMulBnb4 under format `fmt`."""
+    return fmt == "bnb4" and isinstance(config, NfConfig) and config.bits == 4 \
+        and kind == "matmul"
+
+
+def storage_bits(config: Config, rows: int, cols: int, bnb4: bool = False) -> int:
     """Bits the emitted model stores for a [rows, cols] matrix in `config`, every initializer
     of its decode counted: for NF the packed codes, the packed scale codes, the float32
     steps, the fp32 offset, and the small level and index tables of both decodes (about
     0.6 KiB); for int MatMulNBits' packed codes (partial last group padded), fp32 scales and
-    packed zero points."""
+    packed zero points; `bnb4`: what MatMulBnb4 stores."""
+    if bnb4:
+        # MatMulBnb4: packed NF4 codes and one float32 absmax per block (double quantization
+        # expanded at emission, its values exact).
+        return 8 * (-(-rows * cols // 2)) + 32 * (rows * cols // config.block)
     if isinstance(config, NfConfig):
         blocks = rows * cols // config.block
         second = -(-blocks // config.scale_block)

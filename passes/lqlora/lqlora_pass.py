@@ -44,13 +44,13 @@ from mapper.options import CompileOptions
 from mapper.passes.lqlora import adapters, search
 from mapper.passes.lqlora.decompose import default_rank
 from mapper.passes.lqlora.emit import Emitted, emit, lora_names
-from mapper.passes.lqlora.grid import Config, fits, grid, quantize_config
+from mapper.passes.lqlora.grid import Config, fits, grid, quantize_config, uses_bnb4
 from mapper.passes.lqlora.nf import NfConfig, NfWeight, nf_levels
 from mapper.pipeline import PassContext
 
 # `--bits auto` leaves this share of the device's memory free (runtime, fragmentation).
 AUTO_MARGIN = 0.10
-_FORMATS = {"nf": ("lut",), "int": ("matmulnbits", "lut")}
+_FORMATS = {"nf": ("lut", "bnb4"), "int": ("matmulnbits", "lut")}
 
 
 def _as_codes(q: NfWeight | GroupCodes) -> GroupCodes:
@@ -135,7 +135,9 @@ class LqloraPass(WeightRewritePass):
             rank = lq.rank if lq.rank is not None else default_rank(site.rows, site.cols)
             ranks = (rank,) if not include or rank == 0 else (0, rank)
             matrices.append(search.Matrix(site.weight, site_matrix(context.model, site),
-                                          importance[site.activation], ranks))
+                                          importance[site.activation], ranks,
+                                          bnb4=settings.format == "bnb4"
+                                          and site.kind == "matmul"))
         elements = sum(m.elements for m in matrices)
         budget_bits, budget_note = self._budget(context, matrices_sites, matrices, configs,
                                                 include, elements)
@@ -146,7 +148,8 @@ class LqloraPass(WeightRewritePass):
             raise AssertionError("the budget was checked against the cheapest options") \
                 from None
         items = [Emitted(site, choice.decomposition.q, choice.decomposition.l1,
-                         choice.decomposition.l2)
+                         choice.decomposition.l2,
+                         bnb4=choice.matrix.bnb4 and uses_bnb4(choice.option.config, "bnb4"))
                  for site, choice in zip(matrices_sites, found.choices, strict=True)]
         job = CompressionJob(model=context.model, view=context.view,
                              sites=tuple(matrices_sites), settings=settings, samples=samples,

@@ -56,9 +56,21 @@ def paper_grid() -> list[NfConfig]:
 QLORA_NF4 = NfConfig(4, 64, 8, 256, "fp32")
 
 
+# bitsandbytes' NF4 table as it ships (and as onnxruntime's MatMulBnb4 decodes): the same
+# construction as below, whose float32 rounding differs from it in the last bit or two.
+BNB_NF4 = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+           -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+           0.07958029955625534, 0.16093020141124725, 0.24611230194568634,
+           0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+           0.7229568362236023, 1.0)
+
+
 @functools.cache
 def nf_levels(bits: int) -> np.ndarray:
-    """float32 [2**bits] NF levels, ascending, from -1 to 1 with an exact 0."""
+    """float32 [2**bits] NF levels, ascending, from -1 to 1 with an exact 0 (NF4: exactly
+    bitsandbytes' table, so MatMulBnb4 decodes the same values)."""
+    if bits == 4:
+        return np.asarray(BNB_NF4, dtype=np.float32)
     from scipy.special import erfinv
     from scipy.stats import norm
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from mapper.passes.lqlora import budget
 from mapper.passes.lqlora.decompose import Decomposition, decompose, estimate_errors
-from mapper.passes.lqlora.grid import Config, fits, storage_bits
+from mapper.passes.lqlora.grid import Config, fits, storage_bits, uses_bnb4
 
 WINDOW = 2
 MAX_ROUNDS = 3
@@ -43,6 +43,7 @@ class Matrix:
     weight: np.ndarray
     importance: np.ndarray | None
     ranks: tuple[int, ...]  # the ranks it may take (one, or {0, r} when factors are priced)
+    bnb4: bool = False  # NF4 configs are emitted as MatMulBnb4 (absmax in float32)
 
     @property
     def elements(self) -> int:
@@ -109,7 +110,8 @@ def options_for(matrix: Matrix, configs: Sequence[Config], seed: int) -> list[Op
     for rank in matrix.ranks:
         estimates = estimate_errors(matrix.weight, usable, rank, matrix.importance, seed)
         for config, error in zip(estimates.configs, estimates.errors, strict=True):
-            found.append(Option(config, rank, storage_bits(config, rows, cols),
+            bnb4 = matrix.bnb4 and uses_bnb4(config, "bnb4")
+            found.append(Option(config, rank, storage_bits(config, rows, cols, bnb4),
                                 FACTOR_BITS * rank * (rows + cols), error))
     return found
 
@@ -228,7 +230,8 @@ def options_bits_floor(matrix: Matrix, configs: Sequence[Config], include_factor
                        ) -> tuple[int, int]:
     """The fewest and most bits any option of `matrix` costs (no estimates needed)."""
     rows, cols = matrix.weight.shape
-    q_bits = [storage_bits(c, rows, cols) for c in configs if fits(c, cols)]
+    q_bits = [storage_bits(c, rows, cols, matrix.bnb4 and uses_bnb4(c, "bnb4"))
+              for c in configs if fits(c, cols)]
     factors = [FACTOR_BITS * r * (rows + cols) if include_factors else 0
                for r in matrix.ranks]
     return min(q_bits) + min(factors), max(q_bits) + max(factors)
