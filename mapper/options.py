@@ -247,6 +247,11 @@ class LqloraConfig(BaseModel):
         "nf", description="configs the ILP chooses from: nf (NormalFloat 2/3/4/8 bits with "
         "double-quantized block scales, the paper's 432) or int (what MatMulNBits holds: "
         "2/4/8-bit groups of 16-128)")
+    weighting: Annotated[Literal["rms", "xtx", "none"], Flag("--error-weighting")] = Field(
+        "rms", description="how each input channel weights a weight's reconstruction error: "
+        "rms (the channel's root-mean-square input on the calibration samples), xtx (the "
+        "diagonal of XᵀX, the paper's data-aware proxy; measured worse on MiniLM-L6) or "
+        "none (plain Frobenius); errors are relative to each weight's own")
     budget_includes_lora: Annotated[bool, Flag("--budget-includes-lora")] = Field(
         False, description="count the low-rank factors in the --bits budget too; the ILP may "
         "then drop a matrix's factors (rank 0) where they do not pay for their bits")

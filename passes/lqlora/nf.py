@@ -71,15 +71,17 @@ def nf_levels(bits: int) -> np.ndarray:
     bitsandbytes' table, so MatMulBnb4 decodes the same values)."""
     if bits == 4:
         return np.asarray(BNB_NF4, dtype=np.float32)
-    from scipy.special import erfinv
-    from scipy.stats import norm
+    from statistics import NormalDist
 
-    sigma = -1.0 / (math.sqrt(2.0) * erfinv(1.0 - 2.0 * _NF_OFFSET))
+    # erfinv(y) = Φ⁻¹((y + 1) / 2) / √2, with Φ the standard normal CDF (the stdlib's).
+    standard = NormalDist()
+    sigma = -1.0 / (math.sqrt(2.0) * (standard.inv_cdf((1.0 - 2.0 * _NF_OFFSET + 1.0) / 2)
+                                      / math.sqrt(2.0)))
     half = 1 << (bits - 1)
     left = np.linspace(1.0 - _NF_OFFSET, 0.5, half)
     right = np.linspace(0.5, _NF_OFFSET, half + 1)
     quantiles = np.concatenate([left[:-1], right])
-    values = norm.ppf(quantiles, scale=sigma)
+    values = np.asarray([NormalDist(0.0, sigma).inv_cdf(float(q)) for q in quantiles])
     values[half - 1] = 0.0
     return values.astype(np.float32)
 
