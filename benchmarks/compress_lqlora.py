@@ -11,7 +11,8 @@ and the time of one 4096x4096 rank-64 decomposition.
 
     .venv/bin/python -m benchmarks.compress_lqlora [--quick]
 
-`--quick` runs MiniLM-L6 only; `--timing-only` remeasures the decomposition time alone.
+`--quick` runs MiniLM-L6 only; `--timing-only` remeasures the decomposition time alone;
+`--plot-only` redraws the plot from RESULTS.md.
 SmolLM2-135M gets three budgets and fewer baselines (each
 of its compiles takes minutes here); its GQSA figures are in the GQSA section.
 """
@@ -214,7 +215,11 @@ def _plot(points: dict[str, dict[str, list[tuple[float, float]]]]) -> None:
             series = sorted(series)
             axis.plot([b for b, _ in series], [q for _, q in series], marker="o", label=family)
         axis.set_xlabel("stored bits per weight (factors included)")
-        axis.set_ylabel("cosine to fp32" if model == "MiniLM-L6" else "perplexity")
+        if model == "MiniLM-L6":
+            axis.set_ylabel("cosine to fp32")
+        else:
+            axis.set_ylabel("perplexity (log scale)")
+            axis.set_yscale("log")
         axis.set_title(model)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
@@ -250,6 +255,31 @@ def _write(quality: list[str], ilp: list[str], table: list[str], timing: list[st
     update_section("compress-lqlora", "LQ-LoRA: low rank plus quantized", body)
 
 
+_FAMILIES = (("LQ-LoRA budget", "LQ-LoRA (factors in budget)"), ("uniform ", "uniform NF-k"),
+             ("RTN ", "RTN"), ("GQSA ", "GQSA (s=0)"))
+
+
+def _points_from_results() -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """The quality table's points, read back from RESULTS.md (`--plot-only`)."""
+    from benchmarks.results import RESULTS
+
+    text = RESULTS.read_text()
+    section = text[text.index("<!-- compress-lqlora:start -->"):
+                   text.index("<!-- compress-lqlora:end -->")]
+    table = section.split("### Quality against stored bits")[1].split("###")[0]
+    points: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 4:
+            continue
+        family = next((name for prefix, name in _FAMILIES if cells[1].startswith(prefix)),
+                      None)
+        if family is not None:
+            points.setdefault(cells[0], {}).setdefault(family, []).append(
+                (float(cells[2]), float(cells[3])))
+    return points
+
+
 def _rewrite_timing(timing: list[str]) -> None:
     """Replace only the decomposition-time table of the section (`--timing-only`: that
     figure is worth measuring on a quiet machine, and the rest takes 40 minutes)."""
@@ -267,6 +297,9 @@ def _rewrite_timing(timing: list[str]) -> None:
 def main() -> None:
     """Run the measurements, writing the RESULTS.md section after each stage."""
     logging.disable(logging.WARNING)
+    if "--plot-only" in sys.argv:
+        _plot(_points_from_results())
+        return
     if "--timing-only" in sys.argv:
         _rewrite_timing(_timing_rows())
         return

@@ -282,8 +282,17 @@ def hardware_file(name: str) -> Path:
 
 
 def _unknown(spec: str) -> UserError:
-    aliases = sorted(key for key, path in _builtin_index().items() if key != path.stem.lower())
-    return UserError(f"unknown hardware {spec!r}. Built-in models: {', '.join(builtin_names())}"
+    import difflib
+
+    index = _builtin_index()
+    aliases = sorted(key for key, path in index.items() if key != path.stem.lower())
+    close = difflib.get_close_matches(str(spec).strip().lower(), list(index), n=1, cutoff=0.6)
+    hint = ""
+    if close:
+        stem = index[close[0]].stem
+        hint = f"did you mean {close[0]!r}" + (f" ({stem})" if stem != close[0] else "") + "? "
+    return UserError(f"unknown hardware {spec!r}. {hint}Built-in models: "
+                     f"{', '.join(builtin_names())}"
                      f" (aliases: {', '.join(aliases)}); a path to a .yaml hardware file also "
                      "works")
 

@@ -221,7 +221,7 @@ def _fix_dynamic_dims(model: ModelProto, spec: ShapeSpec) -> dict[str, list[int]
                 value = spec.dims[dim.dim_param]
             if value is None:
                 label = f"'{dim.dim_param}'" if dim.dim_param else "unnamed"
-                hint = f"--dim {dim.dim_param}=N or " if dim.dim_param else ""
+                hint = f"--dim {dim.dim_param}=<size> or " if dim.dim_param else ""
                 unresolved.append(f"input {inp.name!r} dim {axis} ({label}): set it with "
                                   f"{hint}--input-shape {inp.name}=...")
                 continue

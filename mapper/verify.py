@@ -171,6 +171,17 @@ def verify_models(original: Path, optimized: Path, *, inputs: Path | None = None
         feeds = random_inputs(shape_model, seed, input_shapes, dims)
         source = f"random (seed {seed})"
     wanted = {i.name for i in reference_session.get_inputs()}
+    candidate_inputs = {i.name for i in candidate_session.get_inputs()}
+    if wanted != candidate_inputs:
+        only_original = sorted(wanted - candidate_inputs)
+        only_optimized = sorted(candidate_inputs - wanted)
+        raise UserError(
+            "the two models take different inputs: "
+            + "; ".join(part for part in (
+                f"only {str(original)!r} has {', '.join(only_original)}" if only_original
+                else "", f"only {str(optimized)!r} has {', '.join(only_optimized)}"
+                if only_optimized else "") if part)
+            + " (verify compares a model with its own optimized version)")
     missing = [name for name in (i.name for i in candidate_session.get_inputs())
                if name not in feeds]
     if missing:

@@ -164,6 +164,23 @@ def test_verify_detects_a_changed_model(tmp_path):
     assert not report["ok"] and report["outputs"][0]["max_abs"] > 0
 
 
+def test_verify_names_the_inputs_that_differ(tmp_path):
+    original = build.legacy_ir3_cnn()
+    path = build.save(original, tmp_path / "m.onnx")
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(original)
+    old = renamed.graph.input[0].name
+    renamed.graph.input[0].name = "pixels"
+    for node in renamed.graph.node:
+        node.input[:] = ["pixels" if name == old else name for name in node.input]
+    other = build.save(renamed, tmp_path / "r.onnx")
+    result = run_mapper("verify", path, other)
+    assert result.code == 2, result.stderr
+    assert f"only {str(path)!r} has {old}" in result.stderr
+    assert f"only {str(other)!r} has pixels" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_verify_with_inputs_file(tmp_path):
     path = build.save(build.legacy_ir3_cnn(), tmp_path / "m.onnx")
     inputs = tmp_path / "in.npz"

@@ -154,6 +154,12 @@ def test_unknown_name_lists_builtins_and_mentions_yaml_paths():
         hardware_file("a1000")
 
 
+def test_a_typo_gets_the_nearest_name_suggested():
+    assert "did you mean 'h100'" in load_error("h10")
+    assert "did you mean 'tpu-v5e'" in load_error("tpu-v5f")
+    assert "did you mean" not in load_error("zzzzzz")
+
+
 def test_path_to_yaml_file_loads(tmp_path):
     for suffix in (".yaml", ".yml"):
         hw = load_hardware(str(write(tmp_path, MINIMAL, f"toy{suffix}")))
