@@ -1,12 +1,27 @@
 """Activation arenas (CONTRACTS.md section 4): lower bound, greedy-by-size, a MiniMalloc-class
 exact search with CP-SAT as fallback, MiniMalloc's CSV format, and the pipeline pass."""
 
-from mapper.passes.arena.arena_pass import ArenaPass, activation_buffers
-from mapper.passes.arena.greedy import greedy_by_size
-from mapper.passes.arena.problem import Buffer, Solution, find_conflicts, lower_bound
-from mapper.passes.arena.search import SearchResult, search_capacity
-from mapper.passes.arena.solve import ArenaResult, FitResult, fit_capacity, minimize_arena
+from __future__ import annotations
 
-__all__ = ["ArenaPass", "ArenaResult", "Buffer", "FitResult", "SearchResult", "Solution",
-           "activation_buffers", "find_conflicts", "fit_capacity", "greedy_by_size",
-           "lower_bound", "minimize_arena", "search_capacity"]
+import importlib
+from typing import Any
+
+# Lazy: the CLI imports mapper.passes.arena.cli at start-up, which must not pull in ONNX
+# and OR-Tools for `--help`, `--version` or `hw list`.
+_HOMES = {
+    "ArenaPass": "arena_pass", "activation_buffers": "arena_pass",
+    "greedy_by_size": "greedy",
+    "Buffer": "problem", "Solution": "problem", "find_conflicts": "problem",
+    "lower_bound": "problem",
+    "SearchResult": "search", "search_capacity": "search",
+    "ArenaResult": "solve", "FitResult": "solve", "fit_capacity": "solve",
+    "minimize_arena": "solve",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"mapper.passes.arena.{_HOMES[name]}"), name)
+    raise AttributeError(name)
