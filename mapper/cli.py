@@ -218,12 +218,18 @@ def study_command(model: Path, hardware: str, sweeps: tuple[str, ...],
 @click.argument("original", type=click.Path(path_type=Path))
 @click.argument("optimized", type=click.Path(path_type=Path))
 @click.option("--inputs", type=click.Path(path_type=Path), help="Inputs as .npz (name -> array).")
-@click.option("--rtol", type=float, default=1e-3, show_default=True)
-@click.option("--atol", type=float, default=1e-4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224")
-@click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--rtol", type=float, default=1e-3, show_default=True,
+              help="Relative tolerance per element.")
+@click.option("--atol", type=float, default=1e-4, show_default=True,
+              help="Absolute tolerance per element.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random inputs (without --inputs).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Static shape of an input with dynamic dims for the random inputs "
+              "(repeatable).")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
+              help="Value of a named dynamic dim for the random inputs (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
 def verify_command(original: Path, optimized: Path, inputs: Path | None, rtol: float,
                    atol: float, seed: int, input_shapes: tuple[str, ...], dims: tuple[str, ...],
                    as_json: bool) -> None:
@@ -258,7 +264,8 @@ _TILE_DTYPES = ["fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int16", "int8", 
 @click.option("--k", "k", type=click.IntRange(min=1), required=True, help="The reduction dim.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Independent GEMMs of this shape (batched MatMul).")
-@click.option("--dtype", type=click.Choice(_TILE_DTYPES), default="fp16", show_default=True)
+@click.option("--dtype", type=click.Choice(_TILE_DTYPES), default="fp16", show_default=True,
+              help="Element type of the GEMM's operands.")
 @click.option("--hw", "hardware", required=True, help="Built-in hardware name or a YAML file.")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
               help="Override a hardware field (repeatable).")
@@ -341,7 +348,7 @@ def hw_group() -> None:
 
 
 @hw_group.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as one JSON array.")
 def hw_list(as_json: bool) -> None:
     """The built-in hardware models."""
     from mapper.hwmodels.loader import builtin_catalog
@@ -366,7 +373,9 @@ def hw_list(as_json: bool) -> None:
 
 @hw_group.command("show")
 @click.argument("name")
-@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Override a field before showing it, e.g. memory.l2.size=80MiB "
+              "(repeatable).")
 def hw_show(name: str, overrides: tuple[str, ...]) -> None:
     """The fully resolved hardware model NAME (overrides applied), as JSON."""
     from mapper.hwmodels.loader import load_hardware

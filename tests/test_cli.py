@@ -198,3 +198,22 @@ def test_hw_list_and_show(tmp_path):
     shown = run_mapper("hw", "show", "a100", "--set", "memory.l2.size=80MiB")
     assert shown.code == 0
     assert json.loads(shown.stdout)["memory"]["l2"]["size"] == 80 * 2**20
+
+
+def test_every_option_of_every_command_has_help_text():
+    import click
+
+    from mapper.cli import cli
+
+    def options(command, path):
+        if isinstance(command, click.Group):
+            context = click.Context(command)
+            for name in command.list_commands(context):
+                yield from options(command.get_command(context, name), [*path, name])
+        else:
+            for param in command.params:
+                if isinstance(param, click.Option):
+                    yield " ".join(path), param.opts[0], (param.help or "").strip()
+
+    missing = [(path, flag) for path, flag, text in options(cli, []) if not text]
+    assert not missing

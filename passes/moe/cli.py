@@ -120,10 +120,14 @@ def place_command(trace_path: Path, devices: int, devices_per_node: int | None, 
 
 
 @moe_group.command("synth")
-@click.option("--layers", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--experts", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--tokens", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--layers", type=click.IntRange(min=1), default=32, show_default=True,
+              help="MoE layers in the trace.")
+@click.option("--experts", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Experts per layer.")
+@click.option("--top-k", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Experts each token is routed to.")
+@click.option("--tokens", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Tokens per layer.")
 @click.option("--skew", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="Zipf exponent of expert popularity (0: uniform).")
 @click.option("--affinity", type=click.FloatRange(min=0, max=1), default=0.8,
@@ -133,8 +137,10 @@ def place_command(trace_path: Path, devices: int, devices_per_node: int | None, 
 @click.option("--planted-devices", type=click.IntRange(min=1),
               help="Plant a balanced placement on this many devices (saved as 'planted').")
 @click.option("--trace-layout", type=click.Choice(["layers-first", "tokens-first"]),
-              default="layers-first", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+              default="layers-first", show_default=True,
+              help="Array layout written: [layers, tokens, k] or [tokens, layers, k].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the synthetic routing.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="The .npz to write (routes, num_experts[, planted]).")
 @click.option("--force", is_flag=True,
