@@ -171,12 +171,12 @@ def _const(name: str, values: np.ndarray | list[int]) -> TensorProto:
     return numpy_helper.from_array(np.asarray(values), name)
 
 
-def lut_decode(prefix: str, codes: GroupCodes, float_type: int, scales: str | None = None,
-               scale_type: int | None = None) -> tuple[list[NodeProto], list[TensorProto], str]:
+def lut_decode(prefix: str, codes: GroupCodes, float_type: int, scales: str | None = None
+               ) -> tuple[list[NodeProto], list[TensorProto], str]:
     """Standard-ONNX nodes that decode bit-packed `codes` into `<prefix>.lut.weight_rows`
     [rows, cols] (row layout). The packed codes are the initializer `prefix`; the group
-    scales are the initializer `<prefix>.scales` (stored as `scale_type`, float by default)
-    unless `scales` names a tensor [rows, groups, 1] that another chain computes."""
+    scales are the initializer `<prefix>.scales` unless `scales` names a tensor
+    [rows, groups, 1] that another chain computes."""
     from mapper.compression.codes import pack_bits
 
     bits, w = codes.bits, prefix
@@ -206,12 +206,7 @@ def lut_decode(prefix: str, codes: GroupCodes, float_type: int, scales: str | No
     nodes: list[NodeProto] = []
     if scales is None:
         scales = f"{w}.scales"
-        stored_type = scale_type if scale_type is not None else float_type
-        inits.append(_tensor(codes.scales.reshape(codes.rows, groups, 1), scales, stored_type))
-        if stored_type != float_type:
-            nodes.append(helper.make_node("Cast", [scales], [f"{t}.scales"],
-                                          name=f"{t}.scales", to=float_type))
-            scales = f"{t}.scales"
+        inits.append(_tensor(codes.scales.reshape(codes.rows, groups, 1), scales, float_type))
     pad = groups * group - codes.cols
     nodes += [
         helper.make_node("Cast", [w], [f"{t}.b32"], name=f"{t}.widen",

@@ -35,26 +35,6 @@ class Assignment:
                 "total_bits": self.bits}
 
 
-def uniform_picks(bits: Sequence[Sequence[int]], keys: Sequence[Sequence[object]],
-                  errors: Sequence[Sequence[float]], budget: int
-                  ) -> tuple[tuple[int, ...], float] | None:
-    """The best assignment that gives every matrix the same option key (config, rank) and fits
-    the budget, or None when no uniform one fits."""
-    best: tuple[tuple[int, ...], float] | None = None
-    for key in dict.fromkeys(k for row in keys for k in row):
-        picks = []
-        for row in keys:
-            if key not in row:
-                break
-            picks.append(list(row).index(key))
-        else:
-            total = sum(bits[m][o] for m, o in enumerate(picks))
-            error = sum(errors[m][o] for m, o in enumerate(picks))
-            if total <= budget and (best is None or error < best[1]):
-                best = (tuple(picks), error)
-    return best
-
-
 def solve(bits: Sequence[Sequence[int]], errors: Sequence[Sequence[float]], budget: int,
           time_limit_s: float, seed: int, hint: Sequence[int] | None = None) -> Assignment:
     """The ILP above; raises ValueError when even the cheapest options exceed `budget`."""

@@ -21,6 +21,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from mapper.compression.codes import GroupCodes
 from mapper.compression.emit import (
+    _tensor,
     feed_decoded,
     float_type_of,
     lut_decode,
@@ -70,17 +71,6 @@ def _absmax_chain(w: str, q: NfWeight, float_type: int
               helper.make_node("Reshape", [f"{w}.absmax_flat", shape], [f"{w}.absmax"],
                                name=f"{w}.absmax")]
     return nodes, inits, f"{w}.absmax"
-
-
-def _stored(values: np.ndarray, name: str, elem_type: int) -> TensorProto:
-    if elem_type == TensorProto.FLOAT:
-        return numpy_helper.from_array(values.astype(np.float32), name)
-    if elem_type == TensorProto.FLOAT16:
-        return numpy_helper.from_array(values.astype(np.float16), name)
-    bits = values.astype(np.float32).view(np.uint32) >> 16  # exact: values are bf16 already
-    tensor = helper.make_tensor(name, TensorProto.BFLOAT16, values.shape,
-                                bits.astype(np.uint16).tobytes(), raw=True)
-    return tensor
 
 
 def _nf_site(site: WeightSite, q: NfWeight, original: NodeProto, model: ModelProto
@@ -175,8 +165,8 @@ def _add_factors(model: ModelProto, items: Sequence[Emitted]) -> None:
             a_name, b_name = lora_names(site.weight)
             float_type = float_type_of(model, site.output)
             graph.initializer.extend([
-                _stored(np.ascontiguousarray(item.l2.T), a_name, float_type),
-                _stored(np.ascontiguousarray(item.l1.T), b_name, float_type)])
+                _tensor(np.ascontiguousarray(item.l2.T), a_name, float_type),
+                _tensor(np.ascontiguousarray(item.l1.T), b_name, float_type)])
             base = f"{out}.quantized"
             node.output[index] = base
             nodes += [

@@ -64,10 +64,6 @@ def _as_codes(q: NfWeight | GroupCodes) -> GroupCodes:
                       levels=nf_levels(q.config.bits))
 
 
-def _label(config: Config) -> str:
-    return config.label()
-
-
 class LqloraPass(WeightRewritePass):
     """Low-rank plus quantized decomposition with a CP-SAT budget ILP over the configs."""
 
@@ -312,7 +308,7 @@ def _details(found: search.SearchResult, budget_bits: int, elements: int, includ
     uniform = None
     if found.uniform is not None:
         option, error = found.uniform
-        uniform = {"config": _label(option.config), "rank": option.rank, "objective": error}
+        uniform = {"config": option.config.label(), "rank": option.rank, "objective": error}
     return {
         "budget_bits_per_weight": budget_bits / elements,
         "budget_includes_lora": include,
@@ -325,7 +321,7 @@ def _details(found: search.SearchResult, budget_bits: int, elements: int, includ
         "table": {"options": found.options, "frontier": found.frontier,
                   "decomposed": found.decomposed},
         "budget_note": budget_note,
-        "weights": [{"name": c.matrix.name, "config": _label(c.option.config),
+        "weights": [{"name": c.matrix.name, "config": c.option.config.label(),
                      "config_bits_per_weight": (c.option.config.bits_per_weight()),
                      "rank": c.decomposition.rank,
                      "bits_q": c.option.q_bits / c.matrix.elements,

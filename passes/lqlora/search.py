@@ -73,7 +73,6 @@ class Choice:
     matrix: Matrix
     option: Option
     decomposition: Decomposition
-    error_before: float  # the estimate-ILP's pick, exactly decomposed (before refinement)
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,8 +192,7 @@ def search(matrices: Sequence[Matrix], configs: Sequence[Config], budget_bits: i
         assignment = budget.Assignment(assignment.picks, assignment.objective,
                                        assignment.bound, "OPTIMAL_ON_EVALUATED",
                                        assignment.bits)
-    choices = [Choice(matrices[m], option, converged(m, option),
-                      exact(m, fronts[m][estimated.picks[m]]).error)
+    choices = [Choice(matrices[m], option, converged(m, option))
                for m, option in enumerate(chosen)]
     return SearchResult(choices=choices, assignment=assignment, estimated=estimated,
                         uniform=uniform, options=sum(map(len, all_options)),
