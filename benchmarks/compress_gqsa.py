@@ -94,13 +94,14 @@ def _latency(model: onnx.ModelProto | Path, feed: Feed) -> float:
 
 
 def _compile(bench: Bench, tmp: Path, label: str, compression: dict[str, Any],
-             gqsa: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any], float]:
-    out = tmp / label.replace(" ", "_").replace("/", "_")
+             gqsa: dict[str, Any] | None = None, lqlora: dict[str, Any] | None = None
+             ) -> tuple[Path, dict[str, Any], float]:
+    out = tmp / label.replace(" ", "_").replace("/", "_").replace("=", "")
     options = CompileOptions(
         passes=("estimate",), calib=bench.calib,
         compression={"embeddings": "off", "calib_samples": bench.calib_samples,
                      "eval_samples": 4, **compression},
-        gqsa=gqsa or {})
+        gqsa=gqsa or {}, lqlora=lqlora or {})
     started = time.perf_counter()
     result = compile_model(bench.source, "a100", out, options)
     return out / "model.onnx", result.plan, time.perf_counter() - started

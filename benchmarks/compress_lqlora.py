@@ -24,17 +24,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 
-from benchmarks.compress_gqsa import Bench, _minilm, _score, _smollm
+from benchmarks.compress_gqsa import Bench, _compile, _minilm, _score, _smollm
+from benchmarks.lqlora_table import compare_rows, matrix_sites
 from benchmarks.results import update_section
 from mapper.compression.sites import find_sites, site_matrix
-from mapper.driver import compile_model
 from mapper.loader import load_model
-from mapper.options import CompileOptions, CompressionConfig
+from mapper.options import CompressionConfig
 from mapper.passes.lqlora import search
 from mapper.passes.lqlora.decompose import decompose, estimate_errors
 from mapper.passes.lqlora.emit import Emitted, emit
@@ -50,19 +49,6 @@ def table_configs() -> list[NfConfig]:
     configs = [c for c in grid("nf") if c.scale_dtype == "fp32" and c.scale_block == 256]
     assert len(configs) == TABLE_CONFIGS
     return configs
-
-
-def _compile(bench: Bench, tmp: Path, label: str, compression: dict[str, Any],
-             lqlora: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any], float]:
-    out = tmp / label.replace(" ", "_").replace("/", "_").replace("=", "")
-    options = CompileOptions(
-        passes=("estimate",), calib=bench.calib,
-        compression={"embeddings": "off", "calib_samples": bench.calib_samples,
-                     "eval_samples": 4, **compression},
-        lqlora=lqlora or {})
-    started = time.perf_counter()
-    result = compile_model(bench.source, "a100", out, options)
-    return out / "model.onnx", result.plan, time.perf_counter() - started
 
 
 def _uniform_nf(bench: Bench, config: NfConfig) -> tuple[onnx.ModelProto, float]:
@@ -98,7 +84,7 @@ def _quality_rows(bench: Bench, tmp: Path, budgets: tuple[float, ...], gqsa: boo
     for budget in budgets:
         path, plan, seconds = _compile(bench, tmp, f"lqlora {budget}",
                                        {"method": "lqlora", "bits": budget},
-                                       {"budget_includes_lora": True})
+                                       lqlora={"budget_includes_lora": True})
         details = plan["compression"]["lqlora"]
         ranked = sum(1 for w in details["weights"] if w["rank"])
         add("LQ-LoRA (factors in budget)", f"LQ-LoRA budget {budget}",
@@ -150,40 +136,17 @@ def _ilp_rows(bench: Bench, tmp: Path) -> list[str]:
 
 def _table_rows(bench: Bench) -> list[str]:
     """The frontier search against the paper's full table (every option decomposed)."""
-    from mapper.calibration import split_samples
     from mapper.passes.lqlora.decompose import default_rank
     from mapper.passes.lqlora.lqlora_pass import _column_energy
 
-    model = load_model(bench.source).model
-    sites, _ = find_sites(model, CompressionConfig(embeddings="off"))
-    sites = [s for s in sites if s.kind != "gather"]
-    samples = split_samples(model, bench.calib, bench.calib_samples, 4, 0)
-    energy = _column_energy(model, sites, samples.calibration)
+    model, sites, calibration = matrix_sites(bench)
+    energy = _column_energy(model, sites, calibration)
     matrices = [search.Matrix(s.weight, site_matrix(model, s), energy[s.activation],
                               (default_rank(s.rows, s.cols),)) for s in sites]
-    elements = sum(m.elements for m in matrices)
     # The full table costs one decomposition per (weight, config): here on the 48 configs
     # with fp32 second-level scales in groups of 256 (every b, b0 and B0; 1728
     # decompositions), the frontier search on the same configs.
-    configs = table_configs()
-    cache: dict = {}
-    rows = []
-    started = time.perf_counter()
-    full = {b: search.search(matrices, configs, int(b * elements), False, 60.0, 0,
-                             exhaustive=True, cache=cache) for b in (2.75, 3.25)}
-    full_seconds = time.perf_counter() - started
-    for budget in (2.75, 3.25):
-        started = time.perf_counter()
-        fast = search.search(matrices, configs, int(budget * elements), False, 30.0, 0)
-        seconds = time.perf_counter() - started
-        same = sum(a.option == b.option for a, b in zip(fast.choices, full[budget].choices,
-                                                        strict=True))
-        rows.append(f"| {budget} | {fast.decomposed} | {seconds:.1f} | {len(cache)} | "
-                    f"{full_seconds:.1f} (both budgets) | {same}/{len(matrices)} | "
-                    f"{fast.assignment.objective:.6g} | {full[budget].assignment.objective:.6g}"
-                    f" |")
-        print(rows[-1], flush=True)
-    return rows
+    return compare_rows(matrices, table_configs())
 
 
 def _timing_rows() -> list[str]:
@@ -248,8 +211,8 @@ def _write(quality: list[str], ilp: list[str], table: list[str], timing: list[st
         "", "### Frontier search against the paper's full table (MiniLM-L6, 36 weights, "
         f"the {TABLE_CONFIGS} configs with fp32 second-level scales in groups of 256)", "",
         "| budget | decomposed (frontier) | seconds | decomposed (full) | seconds | same "
-        "config | objective (frontier) | objective (full) |",
-        "|---|---|---|---|---|---|---|---|", *table,
+        "config | objective (frontier) | objective (full) | frontier vs full |",
+        "|---|---|---|---|---|---|---|---|---|", *table,
         "", "### Decomposition time", "", "| matrix | what | seconds | note |",
         "|---|---|---|---|", *timing])
     update_section("compress-lqlora", "LQ-LoRA: low rank plus quantized", body)

@@ -17,10 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.compress_gqsa import _minilm
+import onnx
+
+from benchmarks.compress_gqsa import Bench, _minilm
 from benchmarks.results import update_section
 from mapper.calibration import split_samples
-from mapper.compression.sites import find_sites, site_matrix
+from mapper.compression.sites import WeightSite, find_sites, site_matrix
 from mapper.loader import load_model
 from mapper.options import CompressionConfig
 from mapper.passes.lqlora import search
@@ -29,23 +31,19 @@ from mapper.passes.lqlora.grid import grid
 from mapper.passes.lqlora.lqlora_pass import _channel_weights, _relative
 
 
-def main() -> None:
-    """Build the full table once, solve at two budgets, write the RESULTS.md section."""
-    logging.disable(logging.WARNING)
-    with tempfile.TemporaryDirectory() as tmp_name:
-        bench = _minilm(Path(tmp_name))
-        model = load_model(bench.source).model
-        sites, _ = find_sites(model, CompressionConfig(embeddings="off"))
-        sites = [s for s in sites if s.kind != "gather"]
-        samples = split_samples(model, bench.calib, bench.calib_samples, 4, 0)
-        weights = _channel_weights(model, sites, samples.calibration, "rms")
-        matrices = []
-        for s in sites:
-            w = site_matrix(model, s)
-            matrices.append(search.Matrix(s.weight, w, _relative(w, weights[s.activation]),
-                                          (default_rank(s.rows, s.cols),)))
+def matrix_sites(bench: Bench) -> tuple[onnx.ModelProto, list[WeightSite], list]:
+    """A benchmark model's MatMul/Gemm weights and the calibration feeds the pass would use."""
+    model = load_model(bench.source).model
+    sites, _ = find_sites(model, CompressionConfig(embeddings="off"))
+    sites = [s for s in sites if s.kind != "gather"]
+    samples = split_samples(model, bench.calib, bench.calib_samples, 4, 0)
+    return model, sites, list(samples.calibration)
+
+
+def compare_rows(matrices: list[search.Matrix], configs: list) -> list[str]:
+    """The full table built once (both budgets solve on it) against the frontier search,
+    at 2.75 and 3.25 bits: one table row per budget."""
     elements = sum(m.elements for m in matrices)
-    configs = grid("nf")
     cache: dict = {}
     started = time.perf_counter()
     full = {b: search.search(matrices, configs, int(b * elements), False, 60.0, 0,
@@ -64,6 +62,22 @@ def main() -> None:
                     f"{fast.assignment.objective:.6g} | {full[budget].assignment.objective:.6g}"
                     f" | {gap:+.2%} |")
         print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    """Build the full table once, solve at two budgets, write the RESULTS.md section."""
+    logging.disable(logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        bench = _minilm(Path(tmp_name))
+        model, sites, calibration = matrix_sites(bench)
+        weights = _channel_weights(model, sites, calibration, "rms")
+        matrices = []
+        for s in sites:
+            w = site_matrix(model, s)
+            matrices.append(search.Matrix(s.weight, w, _relative(w, weights[s.activation]),
+                                          (default_rank(s.rows, s.cols),)))
+    rows = compare_rows(matrices, grid("nf"))
     body = "\n".join([
         "Rerun: `.venv/bin/python -m benchmarks.lqlora_table`. MiniLM-L6's 36 weights, all "
         "432 NF configs of the paper, rank 8, errors weighted as the pass weights them. "
