@@ -36,11 +36,13 @@ class SolverRecord:
     objective: float | None
     bound: float | None
     seed: int
+    # What the status and bound are proven for ("fixed order", "per-problem", ...).
+    scope: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The plan.json form."""
-        return {"name": self.name, "status": self.status, "objective": self.objective,
-                "bound": self.bound, "seed": self.seed}
+        return {"name": self.name, "status": self.status, "scope": self.scope,
+                "objective": self.objective, "bound": self.bound, "seed": self.seed}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ from mapper.passes.arena.solve import ArenaResult, minimize_arena
 from mapper.pipeline import Pass, PassContext, PassResult, SolverRecord
 from mapper.units import format_size
 
+# What the arena's status and bound are proven for: the buffers' lifetimes on the schedule
+# the pass receives (another order has other lifetimes).
+SCOPE = "fixed order"
+
 
 def activation_buffers(view: GraphView, order: Sequence[str]) -> list[Buffer]:
     """One buffer per produced tensor with bytes, live [producing step, last use + 1).
@@ -61,16 +65,19 @@ class ArenaPass(Pass):
         limit = config.time_limit_s or context.options.time_limit_s
         result = minimize_arena(buffers, limit, seed, config.method)
         gap = result.size / result.lower_bound - 1 if result.lower_bound else 0.0
+        proof = "OPTIMAL" if result.optimal else "FEASIBLE"
         notes = [f"{format_size(result.size)} for {len(buffers)} activations, {gap:.2%} over "
-                 f"the lower bound (greedy-by-size {format_size(result.greedy_by_size)})",
+                 f"the lower bound (greedy-by-size {format_size(result.greedy_by_size)}); "
+                 f"{proof} for the {SCOPE}",
                  f"arena {result.size} bytes for {len(buffers)} activations: "
                  f"{gap:.2%} over the lower bound {result.lower_bound}, greedy-by-size "
-                 f"{result.greedy_by_size} ({result.method}, {result.nodes} search nodes)"]
+                 f"{result.greedy_by_size} ({result.method}, {result.nodes} search nodes, "
+                 f"{result.rungs} rung(s) of doubling budget, best arena kept)"]
         if result.timed_out:
             notes.append(f"the time limit ({limit:g} s) ended the search before optimality "
                          f"was proven (best bound {result.bound})")
         solver = SolverRecord(result.method, "OPTIMAL" if result.optimal else "FEASIBLE",
-                              result.size, result.bound, seed)
+                              result.size, result.bound, seed, scope=SCOPE)
         status = "fallback" if result.timed_out and not result.improved else "ok"
         return PassResult(status=status, sections={"arena": arena_section(buffers, result)},
                           solver=solver, notes=tuple(notes),

@@ -43,10 +43,12 @@ def _granule(buffers: Sequence[Buffer]) -> int:
 
 def solve_cpsat(buffers: Sequence[Buffer], time_limit_s: float, seed: int = 0,
                 capacity: int | None = None, hint: Sequence[int] | None = None,
-                lower: int = 0) -> CpResult:
+                lower: int = 0, deterministic_s: float | None = None) -> CpResult:
     """Fit `capacity` (decision) or minimize the arena peak (capacity None), hinted.
 
     `lower` is a known lower bound on the peak (it tightens the objective's domain).
+    `deterministic_s`: CP-SAT's deterministic limit (default: `time_limit_s`, which is then
+    also the wall-clock cap).
     """
     started = time.perf_counter()
     granule = _granule(buffers)
@@ -85,7 +87,8 @@ def solve_cpsat(buffers: Sequence[Buffer], time_limit_s: float, seed: int = 0,
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
     solver.parameters.max_time_in_seconds = max(time_limit_s, 0.01)
-    solver.parameters.max_deterministic_time = max(time_limit_s, 0.01)
+    solver.parameters.max_deterministic_time = max(
+        time_limit_s if deterministic_s is None else deterministic_s, 0.01)
     code = solver.solve(model)
     seconds = time.perf_counter() - started
     name = solver.status_name(code)

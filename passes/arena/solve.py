@@ -51,6 +51,7 @@ class ArenaResult:
     timed_out: bool
     nodes: int
     seconds: float
+    rungs: int = 0
 
     @property
     def optimal(self) -> bool:
@@ -120,31 +121,47 @@ def fit_capacity(buffers: Sequence[Buffer], capacity: int, time_limit_s: float,
                          "--time-limit")
 
 
-def minimize_arena(buffers: Sequence[Buffer], time_limit_s: float, seed: int = 0,
-                   method: Method = "auto") -> ArenaResult:
-    """The smallest arena the portfolio finds within the budget; greedy-by-size at worst.
+@dataclass(frozen=True)
+class _Best:
+    """What the rungs carry over: the best offsets found, their peak and method, and the
+    best proven lower bound."""
 
-    The search probes capacities from the lower bound up (binary search between the best
-    proven bound and the best arena found): a solved probe lowers the arena, an exhausted
-    one raises the bound, a probe out of budget ends the search.
-    """
-    validate_buffers(buffers)
+    offsets: tuple[int, ...]
+    peak: int
+    method: str
+    bound: int
+
+
+def _ladder(total: float, first: float) -> list[float]:
+    """Rung time limits: `first`, then doubling, as many as fit in `total` (one rung of
+    `total` when even `first` does not); they never depend on `total`, only their count."""
+    if total < first:
+        return [total]
+    rungs, size = [], first
+    while sum(rungs) + size <= total * (1 + 1e-9):
+        rungs.append(size)
+        size *= 2
+    return rungs
+
+
+def _rung(buffers: Sequence[Buffer], seconds: float, seed: int, method: Method, best: _Best,
+          deadline: float) -> tuple[_Best, bool, int]:
+    """One rung of `seconds`, starting from what earlier rungs found: the canonical search
+    probes capacities below the best arena (node budget from `seconds`), then CP-SAT (a
+    deterministic limit from `seconds`) when the search stalls. Returns the new best, whether
+    the budget (not a proof) ended it, and the search nodes spent."""
     started = time.perf_counter()
-    deadline = started + time_limit_s
-    bound = max(lower_bound(buffers), max((b.size for b in buffers), default=0))
-    greedy = greedy_by_size(buffers)
-    greedy_peak = greedy.peak(buffers)
-    best, best_peak, best_method = greedy.offsets, greedy_peak, "greedy-by-size"
+    offsets, best_peak, best_method, bound = best.offsets, best.peak, best.method, best.bound
     nodes, timed_out = 0, False
     # In "auto" the search leaves a quarter of the budget to CP-SAT, for when it stalls.
-    search_s = time_limit_s * (_SEARCH_SHARE if method == "auto" else 1.0)
+    search_s = seconds * (_SEARCH_SHARE if method == "auto" else 1.0)
     node_budget = int(search_s * NODES_PER_SECOND)
     if method in ("auto", "search"):
         # Probe capacities in [lowest, best_peak - 1]: the first probe at the bound (real
         # arenas usually meet it) with half the budget; then binary search.
         lowest, probe, probes = bound, bound, 0
         while lowest < best_peak:
-            left_s = started + search_s - time.perf_counter()
+            left_s = min(started + search_s, deadline) - time.perf_counter()
             left_nodes = node_budget - nodes
             if left_s <= 0.01 or left_nodes <= 0:
                 timed_out = True
@@ -157,8 +174,8 @@ def minimize_arena(buffers: Sequence[Buffer], time_limit_s: float, seed: int = 0
             nodes += found.nodes
             probes += 1
             if found.status == "solved" and found.offsets is not None:
-                best, best_method = found.offsets, "minimalloc-search"
-                best_peak = Solution(best).peak(buffers)
+                offsets, best_method = tuple(found.offsets), "minimalloc-search"
+                best_peak = Solution(offsets).peak(buffers)
             elif found.status == "infeasible":
                 bound = lowest = probe + 1
             else:
@@ -166,17 +183,54 @@ def minimize_arena(buffers: Sequence[Buffer], time_limit_s: float, seed: int = 0
                 lowest = probe + 1  # unknown at or below: try larger capacities with the rest
             probe = (lowest + best_peak - 1) // 2
     if (method == "cp-sat" or (method == "auto" and timed_out)) and bound < best_peak:
-        left_s = deadline - time.perf_counter()
+        left_s = min(started + seconds, deadline) - time.perf_counter()
         if left_s > 0.05:
             from mapper.passes.arena.cpsat import solve_cpsat
-            result = solve_cpsat(buffers, left_s, seed, hint=best, lower=bound)
+            # A deterministic limit fixed by the rung (the wall clock only caps it).
+            result = solve_cpsat(buffers, left_s, seed, hint=offsets, lower=bound,
+                                 deterministic_s=seconds * (1.0 - _SEARCH_SHARE
+                                                            if method == "auto" else 1.0))
             if result.offsets is not None and (result.objective or 0) < best_peak:
-                best, best_peak, best_method = result.offsets, result.objective or 0, "cp-sat"
+                offsets, best_peak, best_method = (tuple(result.offsets),
+                                                   result.objective or 0, "cp-sat")
             if result.bound is not None:
                 bound = max(bound, result.bound)
             timed_out = result.status != "optimal"
-    return ArenaResult(offsets=tuple(best), size=best_peak, lower_bound=lower_bound(buffers),
-                       greedy_by_size=greedy_peak, bound=min(bound, best_peak),
-                       method=best_method, improved=best_peak < greedy_peak,
-                       timed_out=timed_out and bound < best_peak, nodes=nodes,
-                       seconds=time.perf_counter() - started)
+    return _Best(offsets, best_peak, best_method, min(bound, best_peak)), timed_out, nodes
+
+
+# Time limit of the first rung, seconds; each next rung doubles it.
+_FIRST_RUNG_S = 0.25
+
+
+def minimize_arena(buffers: Sequence[Buffer], time_limit_s: float, seed: int = 0,
+                   method: Method = "auto") -> ArenaResult:
+    """The smallest arena the portfolio finds within the budget; greedy-by-size at worst.
+
+    Rungs of doubling budget (`_ladder`), each continuing from the best arena and bound the
+    earlier ones found: the search probes capacities from the lower bound up (binary search
+    between the best proven bound and the best arena found): a solved probe lowers the arena,
+    an exhausted one raises the bound, a probe out of budget ends the rung. A rung's budget
+    never depends on the time limit, so a longer limit repeats the shorter one's rungs and
+    adds more: it never returns a larger arena.
+    """
+    validate_buffers(buffers)
+    started = time.perf_counter()
+    deadline = started + time_limit_s
+    bound = max(lower_bound(buffers), max((b.size for b in buffers), default=0))
+    greedy = greedy_by_size(buffers)
+    greedy_peak = greedy.peak(buffers)
+    best = _Best(tuple(greedy.offsets), greedy_peak, "greedy-by-size", min(bound, greedy_peak))
+    nodes, timed_out, rungs = 0, False, 0
+    if method != "greedy":
+        for seconds in _ladder(time_limit_s, _FIRST_RUNG_S):
+            if best.peak <= best.bound or (rungs and time.perf_counter() >= deadline):
+                break
+            best, timed_out, spent = _rung(buffers, seconds, seed, method, best, deadline)
+            nodes += spent
+            rungs += 1
+    return ArenaResult(offsets=best.offsets, size=best.peak, lower_bound=lower_bound(buffers),
+                       greedy_by_size=greedy_peak, bound=best.bound,
+                       method=best.method, improved=best.peak < greedy_peak,
+                       timed_out=timed_out and best.bound < best.peak, nodes=nodes,
+                       seconds=time.perf_counter() - started, rungs=rungs)

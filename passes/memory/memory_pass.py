@@ -13,6 +13,7 @@ operator whose inputs and outputs cannot fit together infeasible: exit 3, naming
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from mapper.errors import InfeasibleError
@@ -23,13 +24,45 @@ from mapper.passes.memory.decompose import solve_windows
 from mapper.passes.memory.order import search_order
 from mapper.passes.memory.planner import Plan, baseline_plan, checked, solve_order, to_residencies
 from mapper.passes.memory.problem import Problem, build_problem
-from mapper.passes.memory.solver import Budget, track_wall_caps
+from mapper.passes.memory.solver import Budget, ladder, track_wall_caps
 from mapper.passes.memory.traffic import footprint, traffic_of
 from mapper.pipeline import Pass, PassContext, PassResult, SolverRecord
 from mapper.units import format_size
 
-# Shares of the pass's deterministic budget.
+# Shares of the pass's deterministic budget (fixed order and order search within each rung).
 _FIXED_SHARE, _ORDER_SHARE, _PEAK_SHARE = 0.5, 0.4, 0.1
+# Deterministic seconds of the first rung (about what a 0.4 s time limit buys); each next
+# rung doubles it.
+_FIRST_RUNG = 0.05
+
+
+def _key(plan: Plan) -> tuple[int, int]:
+    return plan.traffic.total, footprint(plan.problem, plan.residencies)
+
+
+def _status(total: int, bound: int | None) -> str:
+    return "OPTIMAL" if bound is not None and total <= bound else "FEASIBLE"
+
+
+def _merged(kept: Plan | None, found: Plan) -> Plan:
+    """The better of two plans of the same order, with the larger of their proven bounds."""
+    if kept is None:
+        return found
+    bounds = [b for b in (kept.bound, found.bound) if b is not None]
+    best = found if _key(found) < _key(kept) else kept
+    bound = max(bounds) if bounds else None
+    return replace(best, bound=bound, status=_status(best.traffic.total, bound))
+
+
+def _scope(plan: Plan, searched: bool, moved: bool, orders: int) -> str:
+    """What the plan's status and bound are proven for."""
+    if plan.traffic.non_compulsory == 0:
+        return "any order (compulsory bytes only)"
+    if not searched:
+        return "fixed order"
+    if moved:
+        return f"searched order (best of {orders} orders searched)"
+    return f"fixed order (best of {orders} orders searched)"
 
 
 def plan_order(problem: Problem, capacity: int, alignment: int, budget: Budget, seed: int,
@@ -133,32 +166,73 @@ class MemoryPass(Pass):
             _check_operands_fit(problem, context, level, capacity, alignment)
         baseline = baseline_plan(problem, capacity, alignment)
 
-        def solve(candidate: Problem, part: Budget) -> Plan:
-            return plan_order(candidate, capacity, alignment, part, seed, config.window,
-                              config.lookahead, config.span_limit, config.relative_gap)
-
-        fixed = solve(problem, budget.part(_FIXED_SHARE))
-        plan = fixed
         searched = config.search_order and problem.steps <= config.window
-        if searched:
-            plan = search_order(fixed, solve, budget.part(_ORDER_SHARE),
-                                config.order_evaluations)
+        memo: dict[tuple[str, ...], Plan] = {}
+        fresh: list[int] = [0]
+        orders: set[tuple[str, ...]] = set()
+
+        def solve(candidate: Problem, part: Budget) -> Plan:
+            # A plan proven optimal for its order is kept, not solved again by a later rung.
+            orders.add(candidate.order)
+            known = memo.get(candidate.order)
+            if known is not None:
+                return known
+            fresh[0] += 1
+            found = plan_order(candidate, capacity, alignment, part, seed, config.window,
+                               config.lookahead, config.span_limit, config.relative_gap)
+            if found.status == "OPTIMAL":
+                memo[candidate.order] = found
+            return found
+
+        # Rungs of doubling deterministic budget, each the same fixed-order solve and order
+        # search whatever the time limit; the best plan over the rungs is kept, so a longer
+        # time limit runs the shorter one's rungs and more, and is never worse.
+        fixed_share = _FIXED_SHARE / (_FIXED_SHARE + _ORDER_SHARE) if searched else 1.0
+        total = budget.deterministic_s * (_FIXED_SHARE + _ORDER_SHARE)
+        fixed: Plan | None = None
+        plan: Plan | None = None
+        rungs: list[float] = []
+        for size in ladder(total, _FIRST_RUNG):
+            if rungs and budget.expired():
+                break
+            rungs.append(size)
+            fresh[0] = 0
+            rung = Budget(size, budget.deadline)
+            fixed_rung = solve(problem, rung.part(fixed_share))
+            fixed = _merged(fixed, fixed_rung)
+            found = fixed_rung
+            if searched:
+                found = search_order(fixed_rung, solve, rung.part(1.0 - fixed_share),
+                                     config.order_evaluations)
+            plan = found if plan is None or _key(found) < _key(plan) else plan
+            if plan.traffic.non_compulsory == 0 or fresh[0] == 0 \
+                    or (not searched and fixed.status == "OPTIMAL"):
+                break  # nothing to gain, or every later rung repeats this one
+        assert fixed is not None and plan is not None
+        if plan.problem.order == problem.order:
+            plan = fixed  # the best plan of the incoming order, with its best proven bound
         if config.objective == "peak" and not budget.expired():
             plan = lowest_peak(plan, capacity, alignment, budget.part(_PEAK_SHARE),
                               seed)
         new_order = plan.problem.order if plan.problem.order != problem.order else None
+        scope = _scope(plan, searched, new_order is not None, len(orders))
         notes = [f"off-chip {format_size(plan.traffic.total)} with a {format_size(capacity)} "
                  f"{level} (belady {format_size(baseline.traffic.total)}, stream-all "
-                 f"{format_size(traffic_of(problem, []).total)}); {plan.status}",
+                 f"{format_size(traffic_of(problem, []).total)}); {plan.status} for the "
+                 f"{scope}",
                  f"fixed order: {fixed.status} via {fixed.stage}"
                  + (f" in {fixed.windows} windows" if fixed.windows > 1 else "")
-                 + f", {fixed.traffic.total} B off-chip (belady {baseline.traffic.total} B)"]
+                 + f", {fixed.traffic.total} B off-chip (belady {baseline.traffic.total} B)"
+                 + (f", proven lower bound {fixed.bound} B" if fixed.bound is not None else ""),
+                 f"{len(rungs)} rung(s) of doubling deterministic budget (largest "
+                 f"{max(rungs):.3g} s of {total:.3g} s), best plan kept"]
         if searched and fixed.traffic.non_compulsory == 0:
             notes.append("order search: not needed (no non-compulsory bytes)")
         elif searched:
-            notes.append("order search: " + (
-                f"a new order moves {fixed.traffic.total - plan.traffic.total} B less"
-                if new_order else "kept the incoming order"))
+            notes.append(f"order search over {len(orders)} orders: " + (
+                f"a new order moves {fixed.traffic.total - plan.traffic.total} B less; its "
+                f"{plan.status} and bound hold for that order only"
+                if new_order else "kept the incoming order; no proof covers other orders"))
         too_big = sorted((t for t in problem.tensors.values() if t.size > capacity),
                          key=lambda t: (-t.size, t.name))
         if too_big:
@@ -170,7 +244,8 @@ class MemoryPass(Pass):
                          "between machines")
         status = "fallback" if plan.stage == "belady" and plan.status != "OPTIMAL" else "ok"
         solver = SolverRecord("cp-sat", plan.status, float(plan.traffic.total),
-                              float(plan.bound) if plan.bound is not None else None, seed)
+                              float(plan.bound) if plan.bound is not None else None, seed,
+                              scope=scope)
         section = memory_section(plan, level, capacity, alignment, config.objective, baseline)
         traffic = OffchipTraffic(order=plan.problem.order,
                                  per_step=tuple(int(b) for b in plan.traffic.by_step),

@@ -94,8 +94,12 @@ def memory_section(plan: dict[str, Any]) -> str:
                   None)
     proof = ""
     if solver and solver.get("bound") is not None:
-        proof = (f" CP-SAT {escape(str(solver['status']))}; proven lower bound "
-                 f"{escape(format_size(solver['bound']))}.")
+        scope = solver.get("scope")
+        proof = (f" CP-SAT {escape(str(solver['status']))}"
+                 + (f" for the {escape(str(scope))}" if scope else "")
+                 + f"; proven lower bound {escape(format_size(solver['bound']))}"
+                 + (" for that order alone" if scope and "order" in str(scope)
+                    and not str(scope).startswith("any") else "") + ".")
     steps = len(plan.get("schedule", {}).get("order", []))
     return (
         "<h2>Scratchpad memory</h2>"

@@ -80,6 +80,22 @@ def solver_for(budget: Budget, seed: int, absolute_gap: float = 0.0, interleave:
     return solver
 
 
+def ladder(total: float, first: float) -> list[float]:
+    """Budgets of the rungs a run of `total` deterministic seconds climbs: `first`, then
+    doubling, as many as fit within `total` (one rung of `total` when even `first` does not).
+
+    A rung's budget never depends on `total`, so a larger total runs the same rungs and
+    more: keeping the best result over the rungs makes a longer time limit never worse.
+    """
+    if total < first:
+        return [total]
+    rungs, size = [], first
+    while sum(rungs) + size <= total * (1 + 1e-9):
+        rungs.append(size)
+        size *= 2
+    return rungs
+
+
 STATUS_NAMES = {cp_model.OPTIMAL: "OPTIMAL", cp_model.FEASIBLE: "FEASIBLE",
                 cp_model.INFEASIBLE: "INFEASIBLE", cp_model.MODEL_INVALID: "MODEL_INVALID",
                 cp_model.UNKNOWN: "UNKNOWN"}

@@ -100,7 +100,8 @@ class MoePass(Pass):
                  f"{metrics['baselines']['contiguous']['cross_device_fraction']:.3f}, "
                  f"round-robin {metrics['baselines']['round_robin']['cross_device_fraction']:.3f})"
                  f", load max/mean {metrics['load_max_over_mean']:.3f} (EPLB "
-                 f"{metrics['baselines']['eplb']['load_max_over_mean']:.3f})",
+                 f"{metrics['baselines']['eplb']['load_max_over_mean']:.3f}); "
+                 f"{result.solver_status} for the {result.scope}",
                  f"{len(layers)} MoE layers x {first.num_experts} experts (top-{first.top_k}) on "
                  f"{devices} devices, {per_node} per node; trace: {trace.source}, "
                  f"{trace.tokens} tokens",
@@ -108,7 +109,7 @@ class MoePass(Pass):
         return PassResult(
             status="fallback" if result.fallback else "ok", sections={"moe": section},
             solver=SolverRecord("cp-sat", result.solver_status, float(result.objective),
-                                result.bound, context.options.seed),
+                                result.bound, context.options.seed, scope=result.scope),
             notes=notes,
             facts=Facts(alltoall=AllToAll(seconds=float(metrics["alltoall_s"]))))
 

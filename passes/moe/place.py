@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -118,6 +118,15 @@ class PlacementResult:
     balance: str  # eplb | tolerance: the load caps the kept placement honours
     notes: tuple[str, ...] = ()
     stages: tuple[tuple[str, int], ...] = ()  # (stage, weighted cost after it)
+    rungs: int = 1  # searches of doubling budget run (see place_experts)
+
+    @property
+    def scope(self) -> str:
+        """What `solver_status` and `bound` are proven for."""
+        caps = "EPLB-level load caps" if self.balance == "eplb" else "relaxed load caps"
+        if self.method == "joint":
+            return f"joint model within the {caps}"
+        return f"staged search within the {caps} (no optimality proof)"
 
 
 def weighted_cost(placement: np.ndarray, stats: TraceStats, weights: np.ndarray) -> int:
@@ -482,40 +491,60 @@ def choose_method(stats: TraceStats, topology: Topology, method: Method) -> str:
     return "joint" if size <= _JOINT_LIMIT else "staged"
 
 
-def place_experts(problem: PlacementProblem, options: PlaceOptions) -> PlacementResult:
-    """The best placement found within `options.time_limit_s`; valid at any time limit."""
+def _within(placement: np.ndarray, stats: TraceStats, g: int, caps: np.ndarray) -> bool:
+    """True when every device's load at every layer is within that layer's cap."""
+    return bool((device_loads(placement, stats, g) <= caps[:, None]).all())
+
+
+def _ladder(total: float, first: float) -> list[float]:
+    """Rung time limits: `first`, then doubling, as many as fit in `total` (one rung of
+    `total` when even `first` does not); they never depend on `total`, only their count."""
+    if total < first:
+        return [total]
+    rungs, size = [], first
+    while sum(rungs) + size <= total * (1 + 1e-9):
+        rungs.append(size)
+        size *= 2
+    return rungs
+
+
+# Time limit of the first rung, seconds; each next rung doubles it.
+_FIRST_RUNG_S = 0.5
+
+
+def _rung(problem: PlacementProblem, options: PlaceOptions, limit: float, method: str,
+          deadline: float, kept: PlacementResult | None) -> tuple[PlacementResult, bool]:
+    """One search of `limit` seconds of estimated work, starting from `kept` (the best
+    placement of the earlier rungs) where it meets the load caps. Returns the result and
+    whether the load caps could be relaxed (a phase B ran)."""
     stats, g = problem.stats, problem.topology.num_devices
     # The search stops on estimated work (deterministic: CP-SAT's deterministic time), so
     # the same trace and seed give the same placement on a busy machine; the wall clock is
     # only a guard against a machine far slower than the estimate assumes.
-    budget = WorkBudget(units=_WORK_SHARE * options.time_limit_s,
-                        deadline=time.perf_counter() + WALL_GUARD * options.time_limit_s + 5.0)
-    method = choose_method(stats, problem.topology, options.method)
-    if g == 1:
-        single = np.zeros_like(stats.loads)
-        return PlacementResult(placement=single, objective=0, bound=0.0,
-                               solver_status="OPTIMAL", fallback=False, method=method,
-                               balance="eplb")
+    budget = WorkBudget(units=_WORK_SHARE * limit,
+                        deadline=min(deadline, time.perf_counter() + WALL_GUARD * limit + 5.0))
     setup = _Search(problem, np.zeros(stats.num_layers, dtype=np.int64),
                     eplb(stats.loads, g), options, budget, method)
     caps = load_caps(problem, options.load_tolerance, setup)
     relax = bool((caps.tolerance > caps.eplb).any())
+    earlier = () if kept is None else (kept.placement,)
     # Phase A (EPLB-level balance) gets half of what is left when phase B follows.
     phase_a = budget.split(0.5 if relax else 1.0)
     first = _Search(problem, caps.eplb, caps.witness, options, phase_a, method)
-    best = first.search()
-    kept, balance, solved = first, "eplb", first.solved or setup.solved
+    best = first.search(tuple(p for p in earlier if _within(p, stats, g, caps.eplb)))
+    kept_search, balance, solved = first, "eplb", first.solved or setup.solved
     budget.charge(phase_a.used)
     notes: list[str] = []
     if relax:
         second = _Search(problem, caps.tolerance, caps.witness, options, budget.split(1.0),
                          method)
-        candidate = second.search((best,))
+        candidate = second.search((best, *(p for p in earlier
+                                           if _within(p, stats, g, caps.tolerance))))
         solved |= second.solved
         cost_a, cost_b = first.cost(best), second.cost(candidate)
         saving = 100 * (1 - cost_b / max(cost_a, 1))
         if cost_b <= (1.0 - options.min_gain) * cost_a:
-            best, kept, balance = candidate, second, "tolerance"
+            best, kept_search, balance = candidate, second, "tolerance"
             notes.append(f"load caps relaxed to (1 + {options.load_tolerance:g}) x mean: "
                          f"{saving:.1f}% fewer weighted transfers than at EPLB's balance")
         else:
@@ -523,14 +552,48 @@ def place_experts(problem: PlacementProblem, options: PlaceOptions) -> Placement
                          f"{options.load_tolerance:g}) x mean saved only {saving:.1f}% of the "
                          f"weighted transfers (< {100 * options.min_gain:g}%)")
     check_placement(best, stats.num_experts, g)
-    status = kept.status if method == "joint" else "FEASIBLE"
+    status = kept_search.status if method == "joint" else "FEASIBLE"
     if not solved:
         status = "HEURISTIC"
         notes.append("the time limit ran out before CP-SAT returned a solution: heuristic "
                      "placement")
-    bound = kept.bound if method == "joint" else None
+    bound = kept_search.bound if method == "joint" else None
     return PlacementResult(
-        placement=best, objective=kept.cost(best),
+        placement=best, objective=kept_search.cost(best),
         bound=None if bound is None or not math.isfinite(bound) else float(bound),
         solver_status=status, fallback=not solved, method=method, balance=balance,
-        notes=tuple(notes), stages=tuple(kept.stages))
+        notes=tuple(notes), stages=tuple(kept_search.stages)), relax
+
+
+def place_experts(problem: PlacementProblem, options: PlaceOptions) -> PlacementResult:
+    """The best placement found within `options.time_limit_s`; valid at any time limit.
+
+    Rungs of doubling work budget (`_ladder`), each the whole search started from the best
+    placement of the earlier rungs; a rung's result replaces the kept one only when its
+    objective is strictly lower. A rung's budget never depends on the time limit, so a longer
+    limit runs the shorter one's rungs and more, and never returns a worse objective.
+    """
+    stats, g = problem.stats, problem.topology.num_devices
+    method = choose_method(stats, problem.topology, options.method)
+    if g == 1:
+        single = np.zeros_like(stats.loads)
+        return PlacementResult(placement=single, objective=0, bound=0.0,
+                               solver_status="OPTIMAL", fallback=False, method=method,
+                               balance="eplb")
+    deadline = time.perf_counter() + WALL_GUARD * options.time_limit_s + 5.0
+    kept: PlacementResult | None = None
+    rungs = 0
+    for limit in _ladder(options.time_limit_s, _FIRST_RUNG_S):
+        if kept is not None and time.perf_counter() >= deadline:
+            break
+        found, relaxed = _rung(problem, options, limit, method, deadline, kept)
+        rungs += 1
+        if kept is None or found.objective < kept.objective:
+            kept = found
+        # Proven optimal within the loosest caps any later rung could use: nothing to gain.
+        if kept.solver_status == "OPTIMAL" and (kept.balance == "tolerance" or not relaxed):
+            break
+    assert kept is not None
+    return replace(kept, notes=(*kept.notes, f"{rungs} rung(s) of doubling work budget, each "
+                                "started from the best placement so far; best kept"),
+                   rungs=rungs)

@@ -66,7 +66,8 @@ def solve_section(trace: RoutingTrace, *, num_devices: int, devices_per_node: in
         "trace": {"source": trace.source, "tokens": trace.tokens, "layers": trace.num_layers},
         "solver": {"method": result.method, "balance": result.balance,
                    "objective": result.objective, "bound": result.bound,
-                   "status": result.solver_status, "link_weights": [w_intra, w_inter],
+                   "status": result.solver_status, "scope": result.scope,
+                   "rungs": result.rungs, "link_weights": [w_intra, w_inter],
                    "stages": [{"stage": name, "objective": value}
                               for name, value in result.stages],
                    "notes": list(result.notes)},

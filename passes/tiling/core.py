@@ -45,6 +45,9 @@ class _Solved:
     objective_s: float
     bound_s: float
     used_heuristic: bool
+    # The wall-clock cap, not the deterministic limit, ended an unproven solve: the answer
+    # may then depend on the machine's speed and the time limit.
+    wall_capped: bool = False
 
 
 @dataclass
@@ -90,12 +93,17 @@ class TileSolver:
                 f"{_shape(problem)}: {gpu.explain_infeasible(problem, target, space)}")
         tile, outcome = gpu.solve_cpsat(problem, target, space, hint, limits)
         used_heuristic = tile is None
+        described = gpu.describe(problem, target, space, tile or hint)
+        if tile is not None and outcome.status != "OPTIMAL":
+            # An unproven answer (stopped early) never beats the heuristic it was hinted with.
+            start = gpu.describe(problem, target, space, hint)
+            if start["est_time_s"] < described["est_time_s"]:
+                tile, described = hint, start
         tile = tile or hint
-        described = gpu.describe(problem, target, space, tile)
         fields = {"tile": tile.to_dict(), **_resources(described),
                   "target": "gpu", "triton": triton_config(tile, problem)}
         return self._finish(problem, fields, described, outcome, used_heuristic,
-                            gpu.OBJECTIVE_WEIGHT, target.clock_hz)
+                            gpu.OBJECTIVE_WEIGHT, target.clock_hz, limits.wall_s)
 
     def _solve_accel(self, problem: GemmProblem, limits: SolveLimits) -> _Solved:
         target = accel.accel_target(self.hardware, problem.dtype)
@@ -107,16 +115,20 @@ class TileSolver:
                 f"{_shape(problem)}: {accel.explain_infeasible(problem, target, space)}")
         tile, outcome = accel.solve_cpsat(problem, target, space, hint, limits)
         used_heuristic = tile is None
+        described = accel.describe(problem, target, tile or hint)
+        if tile is not None and outcome.status != "OPTIMAL":
+            start = accel.describe(problem, target, hint)
+            if start["est_time_s"] < described["est_time_s"]:
+                tile, described = hint, start
         tile = tile or hint
-        described = accel.describe(problem, target, tile)
         fields = {"tile": tile.to_dict(target), **_resources(described),
                   "target": "accelerator"}
         return self._finish(problem, fields, described, outcome, used_heuristic,
-                            accel.OBJECTIVE_WEIGHT, target.clock_hz)
+                            accel.OBJECTIVE_WEIGHT, target.clock_hz, limits.wall_s)
 
     def _finish(self, problem: GemmProblem, fields: dict[str, Any], described: dict[str, Any],
-                outcome: SolveOutcome, used_heuristic: bool, weight: int, clock: float
-                ) -> _Solved:
+                outcome: SolveOutcome, used_heuristic: bool, weight: int, clock: float,
+                wall_cap: float) -> _Solved:
         status = "fallback" if used_heuristic else outcome.status
         bound_s = described["est_time_s"]
         if outcome.bound is not None and not used_heuristic:
@@ -129,7 +141,9 @@ class TileSolver:
                        "bound_s": bound_s},
             "model": described["model"],
         })
-        return _Solved(fields, status, described["est_time_s"], bound_s, used_heuristic)
+        capped = outcome.status != "OPTIMAL" and outcome.wall_s >= 0.95 * wall_cap
+        return _Solved(fields, status, described["est_time_s"], bound_s, used_heuristic,
+                       capped)
 
 
 def _shape(problem: GemmProblem) -> str:

@@ -63,7 +63,8 @@ def kernels_section(plan: dict[str, Any]) -> str:
                 for k in selection]
 
     summary = (f"<p {_STYLE_NOTE}>{len(kernels)} GEMM-shaped operators, {unique} unique problems "
-               f"solved with CP-SAT ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))})"
+               f"solved with CP-SAT ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}"
+               ", each status proven for its own problem's cost model)"
                f"; modeled kernel time {format_time(total)} "
                f"({', '.join(f'{n} {b}-bound' for b, n in sorted(bounds.items()))}). "
                "Times are the cost model's (launch overhead excluded; the estimate adds it).</p>")

@@ -25,6 +25,10 @@ from mapper.passes.tiling.problems import (
 )
 from mapper.pipeline import Pass, PassContext, PassResult, SolverRecord
 
+# What the status and bound are proven for: each unique problem's tile against its own cost
+# model (the objective and bound are the sums over the kernels).
+SCOPE = "per problem"
+
 
 class TilingPass(Pass):
     """Kernel tile sizes per GEMM-shaped operator (CONTRACTS.md section 6)."""
@@ -85,11 +89,17 @@ class TilingPass(Pass):
                   else "UNKNOWN" if heuristic else "FEASIBLE")
         fallbacks = sum(1 for r in records if r["fallback"])
         notes.insert(0, f"{len(records)} kernels, {len(solver.cache)} unique problems solved, "
-                     f"{status}" + (f"; {fallbacks} in a substitute dtype" if fallbacks else ""))
+                     f"{status} {SCOPE}"
+                     + (f"; {fallbacks} in a substitute dtype" if fallbacks else ""))
+        capped = sum(1 for solved in solver.cache.values() if solved.wall_capped)
+        if capped:
+            notes.append(f"{capped} problem(s) stopped at the wall-clock cap before CP-SAT's "
+                         "deterministic limit (a short --time-limit or a slow machine): their "
+                         "tiles may differ between machines and time limits")
         times = KernelTimes({r["node"]: float(r["est_time_s"]) for r in records})
         return PassResult(
             status="fallback" if heuristic else "ok", sections={"kernels": records},
-            solver=SolverRecord("cp-sat", status, objective, bound, options.seed),
+            solver=SolverRecord("cp-sat", status, objective, bound, options.seed, scope=SCOPE),
             notes=tuple(notes), facts=Facts(kernels=times))
 
     @staticmethod
