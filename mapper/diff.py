@@ -369,7 +369,8 @@ def check_rule(rule: Rule, old_plan: Mapping[str, Any], new_plan: Mapping[str, A
                                f"the {where} plan does not state estimate.fits")
         broke = bool(old) and not bool(new)
         change = ("the new plan no longer fits the device memory" if broke
-                  else "still fits" if new else "did not fit before either")
+                  else "still fits" if new and old else "fits now (did not before)" if new
+                  else "did not fit before either")
         return RuleVerdict(rule, old, new, not broke, change)
     better = _direction(metric, new_plan)
     worse_sign = "+" if better == "lower" else "-"
@@ -459,7 +460,9 @@ def diff_plans(old_plan: Mapping[str, Any], new_plan: Mapping[str, Any],
                       key=lambda c: (-abs(c.delta_bytes), c.node))[:top]
     counts = {status: sum(1 for c in changes if c.status == status)
               for status in ("matched", "added", "removed")}
-    counts["changed"] = sum(1 for c in changes if c.delta_time_s != 0 or c.delta_bytes != 0)
+    # "changed" counts the ops in both plans whose time or bytes moved.
+    counts["changed"] = sum(1 for c in changes if c.status == "matched"
+                            and (c.delta_time_s != 0 or c.delta_bytes != 0))
     return PlanDiff(plan_info(Path(old_path), old_plan), plan_info(Path(new_path), new_plan),
                     tuple(rows), verdicts, tuple(by_time), tuple(by_bytes), counts, note, top)
 
