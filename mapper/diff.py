@@ -61,6 +61,7 @@ class Rule:
     sign: Literal["+", "-", ""]
     amount: float
     relative: bool
+    given: str = ""  # the amount as written (`5%`, `0.5ms`), for messages
 
     @property
     def limit_text(self) -> str:
@@ -111,7 +112,8 @@ def parse_rule(text: str) -> Rule:
     if not math.isfinite(amount) or amount < 0:
         raise _rule_error(text, f"the allowed worsening {amount_text!r} must be a non-negative "
                           "amount (the sign before it names the direction)")
-    return Rule(text.strip(), metric, sign, amount, relative)  # type: ignore[arg-type]
+    return Rule(text.strip(), metric, sign, amount, relative,  # type: ignore[arg-type]
+                amount_text)
 
 
 def parse_rules(values: Sequence[str]) -> tuple[Rule, ...]:
@@ -351,10 +353,6 @@ def _signed_change(metric: Metric, old: float, new: float) -> str:
     return _signed(metric, delta) + relative
 
 
-def _direction(metric: Metric, plan: Mapping[str, Any]) -> str:
-    return metric.direction(plan)
-
-
 def check_rule(rule: Rule, old_plan: Mapping[str, Any], new_plan: Mapping[str, Any]
                ) -> RuleVerdict:
     """Check one rule on the two plans. A metric absent from either plan fails the rule (the
@@ -372,19 +370,20 @@ def check_rule(rule: Rule, old_plan: Mapping[str, Any], new_plan: Mapping[str, A
                   else "still fits" if new and old else "fits now (did not before)" if new
                   else "did not fit before either")
         return RuleVerdict(rule, old, new, not broke, change)
-    better = _direction(metric, new_plan)
+    # Quality's direction depends on what the plan measured: ask a plan that states it.
+    better = metric.direction(new_plan if new is not None else old_plan)
     worse_sign = "+" if better == "lower" else "-"
     if rule.sign != worse_sign:
         way = "an increase" if worse_sign == "+" else "a decrease"
+        written = rule.text.partition(rule.sign)[0].strip()
         raise UserError(f"--fail-on {rule.text!r}: {metric.name} is better {better}, so a "
-                        f"worsening is {way}: write {rule.text.split(rule.sign)[0].strip()}"
-                        f"{worse_sign}{rule.text.split(rule.sign, 1)[1].strip()}",
+                        f"worsening is {way}: write {written}{worse_sign}{rule.given}",
                         subject={"flag": "--fail-on"})
     if old is None or new is None:
         where = ("either plan" if old is None and new is None
                  else "the old plan" if old is None else "the new plan")
         return RuleVerdict(rule, old, new, False, "-", f"not stated in {where}")
-    if old_plan is not new_plan and _direction(metric, old_plan) != better:
+    if metric.direction(old_plan) != better:
         return RuleVerdict(rule, old, new, False, "-",
                            "measured differently in the two plans (cosine vs perplexity): "
                            "not comparable")
@@ -611,14 +610,17 @@ def render_markdown(diff: PlanDiff) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _json_value(metric: Metric, number: float | None) -> Any:
+    """A metric value for JSON: fits as true/false, the rest as numbers."""
+    return bool(number) if metric.name == FITS.name and number is not None else number
+
+
 def to_dict(diff: PlanDiff) -> dict[str, Any]:
     """The diff as one JSON object (`--format json`)."""
     def info(plan: PlanInfo) -> dict[str, Any]:
         return {"path": plan.path, "model_sha256": plan.model_sha256,
                 "hardware": plan.hardware, "mapper_version": plan.mapper_version}
 
-    def value(row: MetricChange, number: float | None) -> Any:
-        return bool(number) if row.metric.name == FITS.name and number is not None else number
 
     return {
         "schema": DIFF_SCHEMA,
@@ -628,7 +630,8 @@ def to_dict(diff: PlanDiff) -> dict[str, Any]:
         "differs": [what for what, old, new in diff.differences if old != new],
         "metrics": [{"metric": row.metric.name, "unit": "bool" if row.metric.name == FITS.name
                      else row.metric.unit, "better": row.better,
-                     "old": value(row, row.old), "new": value(row, row.new),
+                     "old": _json_value(row.metric, row.old),
+                     "new": _json_value(row.metric, row.new),
                      "delta": None if row.metric.name == FITS.name else row.delta,
                      "relative": None if row.metric.name == FITS.name else row.relative,
                      "verdict": row.verdict.lower() if row.verdict else None}
@@ -637,7 +640,9 @@ def to_dict(diff: PlanDiff) -> dict[str, Any]:
                    "kind": "fits" if v.rule.metric.name == FITS.name
                    else "relative" if v.rule.relative else "absolute",
                    "sign": v.rule.sign or None, "allowed": v.rule.amount,
-                   "old": v.old, "new": v.new, "ok": v.ok, "message": v.message}
+                   "limit": v.rule.limit_text, "old": _json_value(v.rule.metric, v.old),
+                   "new": _json_value(v.rule.metric, v.new), "ok": v.ok,
+                   "message": v.message}
                   for v in diff.verdicts],
         "failed": [v.short for v in diff.failures],
         "ops": {**dict(diff.ops_counts), "note": diff.ops_note, "top": diff.top,
