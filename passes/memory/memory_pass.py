@@ -61,8 +61,10 @@ def _scope(plan: Plan, searched: bool, moved: bool, orders: int) -> str:
     if not searched:
         return "fixed order"
     if moved:
-        return f"searched order (best of {orders} orders searched)"
-    return f"fixed order (best of {orders} orders searched)"
+        return f"searched order (best of {orders} orders tried)"
+    if orders <= 1:
+        return "fixed order (the order search found no other order to try)"
+    return f"fixed order (best of {orders} orders tried)"
 
 
 def plan_order(problem: Problem, capacity: int, alignment: int, budget: Budget, seed: int,

@@ -34,6 +34,9 @@ from mapper.passes.tiling.problems import GemmProblem, resolve_dtype
 from mapper.passes.tiling.triton import triton_config
 
 _MIN_SOLVE_S = 0.05
+# Deterministic seconds of CP-SAT per second of time limit (shared by the unique problems),
+# the least one problem gets, and the wall-clock cap as a multiple of it.
+_DET_PER_S, _MIN_DET_S, _WALL_PER_DET = 0.2, 0.02, 4.0
 
 
 @dataclass(frozen=True)
@@ -58,14 +61,22 @@ class TileSolver:
     config: TilingConfig
     seed: int = 0
     budget_s: float = 30.0
+    # Unique problems the budget is shared by (the pass sets it before solving).
+    problems: int = 1
     started: float = field(default_factory=time.perf_counter)
     cache: dict[GemmProblem, _Solved] = field(default_factory=dict)
 
     def _limits(self, pending: int) -> SolveLimits:
+        # CP-SAT's deterministic limit, the same for every problem of a compile and growing
+        # with the time limit (`problems`: the compile's unique problems), is what ends an
+        # unproven solve; the wall-clock cap, a share of the time left but never below a few
+        # times that work, only guards against a slow machine.
+        share = _DET_PER_S * self.budget_s / max(1, self.problems)
+        deterministic = min(self.config.problem_deterministic_s, max(_MIN_DET_S, share))
         left = self.budget_s - (time.perf_counter() - self.started)
-        wall = min(self.config.problem_time_limit_s, max(_MIN_SOLVE_S, left / max(1, pending)))
-        return SolveLimits(seed=self.seed, wall_s=wall,
-                           deterministic_s=self.config.problem_deterministic_s)
+        wall = min(self.config.problem_time_limit_s,
+                   max(_MIN_SOLVE_S, left / max(1, pending), _WALL_PER_DET * deterministic))
+        return SolveLimits(seed=self.seed, wall_s=wall, deterministic_s=deterministic)
 
     def solve(self, problem: GemmProblem, pending: int = 1) -> tuple[_Solved, bool]:
         """The tile for `problem` (already in a dtype the hardware runs) and whether it came

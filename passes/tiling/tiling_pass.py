@@ -62,6 +62,7 @@ class TilingPass(Pass):
         records: list[dict[str, Any]] = []
         resolved_sites = self._resolve(context.hardware, sites, config, notes)
         unique = list(dict.fromkeys(problem for _, problem, _ in resolved_sites))
+        solver.problems = len(unique)
         solved_count = 0
         statuses: list[str] = []
         objective = bound = 0.0
