@@ -518,7 +518,9 @@ def _op_rows(changes: Sequence[OpChange], unit: str) -> list[list[str]]:
 
 
 def _op_sections(diff: PlanDiff) -> list[tuple[str, list[list[str]]]]:
-    """(title, rows) of the two per-op tables."""
+    """(title, rows) of the two per-op tables (none with `--top 0`)."""
+    if diff.top == 0:
+        return []
     return [(f"by estimated time (top {diff.top})", _op_rows(diff.ops_by_time, "s")),
             (f"by bytes (top {diff.top})", _op_rows(diff.ops_by_bytes, "bytes"))]
 

@@ -320,6 +320,8 @@ def test_per_op_changes_rank_time_and_bytes_separately():
     text = render_text(diff)
     assert "-50 B (removed)" in text and "(added)" in text
     assert "no per-op estimate in the old plan" in render_text(diff_plans(_plan(), new))
+    summary_only = render_text(diff_plans(old, new, top=0))
+    assert "(2 changed), 1 added, 1 removed" in summary_only and "NODE" not in summary_only
 
 
 def test_header_names_what_differs():
