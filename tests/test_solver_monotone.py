@@ -5,6 +5,7 @@ record says what its status and bound are proven for (`scope`)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -52,12 +53,13 @@ def resnet_small():
     return loaded.model, GraphView.from_model(loaded.model)
 
 
-def test_memory_longer_limit_never_worse_and_scope_recorded(resnet_small):
+@pytest.mark.parametrize("capacity", [64 * 1024, None])
+def test_memory_longer_limit_never_worse_and_scope_recorded(resnet_small, capacity):
     from mapper.passes.memory import MemoryPass
     from mapper.passes.memory.problem import build_problem, largest_operator_bytes
 
     model, view = resnet_small
-    capacity = largest_operator_bytes(build_problem(view, view.model_order))
+    capacity = capacity or largest_operator_bytes(build_problem(view, view.model_order))
     hardware = set_managed_capacity(load_hardware("edge-npu"), capacity)
     results = [MemoryPass()(_context(model, view, hardware, time_limit_s=limit))
                for limit in (1.0, 4.0)]
@@ -101,6 +103,20 @@ def test_arena_longer_limit_never_worse():
     sizes = [minimize_arena(buffers, limit, method=method).size
              for method in ("search", "auto") for limit in (0.3, 1.2)]
     assert sizes[1] <= sizes[0] and sizes[3] <= sizes[2]
+
+
+MINIMALLOC = Path("/work/shared/benchmarks/minimalloc")
+
+
+@pytest.mark.skipif(not MINIMALLOC.is_dir(), reason="MiniMalloc instances not present")
+def test_arena_longer_limit_never_worse_on_a_hard_instance():
+    from mapper.passes.arena import minimize_arena
+    from mapper.passes.arena.csv import parse_csv
+
+    buffers = parse_csv((MINIMALLOC / "B.1048576.csv").read_text()).buffers
+    short, long = (minimize_arena(buffers, limit) for limit in (0.3, 1.2))
+    assert long.size <= short.size
+    assert long.rungs > short.rungs and long.bound >= short.bound
 
 
 def test_arena_pass_records_its_scope():
