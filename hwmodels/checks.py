@@ -37,6 +37,15 @@ def _check_memory(hw: Hardware) -> list[str]:
         elif seen_device is not None:
             problems.append(f"memory.{name}.scope: unit-scope level listed after device-scope "
                             f"level '{seen_device}'; order levels nearest to farthest")
+    for what in ("weights", "activations"):
+        claimed = [name for name in names if what in hw.memory[name].holds]
+        if len(claimed) > 1:
+            problems.append(f"memory: {what} may be held by one level only, got "
+                            + ", ".join(f"memory.{name}.holds" for name in claimed))
+    for name in names:
+        if hw.memory[name].holds and hw.memory[name].scope != "device":
+            problems.append(f"memory.{name}.holds: a unit-scope level cannot hold the model's "
+                            "weights or activations for good; use a device-scope level")
     for name in names[:-1]:
         level = hw.memory[name]
         if level.scope == "device" and level.size >= main.size:

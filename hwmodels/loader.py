@@ -294,7 +294,7 @@ def _unknown(spec: str) -> UserError:
     return UserError(f"unknown hardware {spec!r}. {hint}Built-in models: "
                      f"{', '.join(builtin_names())}"
                      f" (aliases: {', '.join(aliases)}); a path to a .yaml hardware file also "
-                     "works")
+                     "works", subject={"flag": "--hw"})
 
 
 def _resolve(spec: str | os.PathLike[str]) -> Path:
@@ -303,7 +303,7 @@ def _resolve(spec: str | os.PathLike[str]) -> Path:
     looks_like_path = path.suffix.lower() in _YAML_SUFFIXES or "/" in text or "\\" in text
     if looks_like_path:
         if not path.is_file():
-            raise UserError(f"hardware file not found: {text}")
+            raise UserError(f"hardware file not found: {text}", subject={"file": text})
         return path
     builtin = _builtin_index().get(text.lower())
     if builtin is not None:

@@ -133,6 +133,13 @@ class MemoryLevel(BaseModel):
         "operator must be resident while it runs (NPUs whose engines read only their SRAM); "
         "an operator whose inputs and outputs cannot fit at once is then infeasible.",
     )
+    holds: tuple[Literal["weights", "activations"], ...] = Field(
+        default=(),
+        description="What the deployed model keeps in this level for good: 'weights' "
+        "(constants, e.g. an MCU's flash), 'activations' (the inputs and the activation "
+        "arena, e.g. its SRAM). Whatever no level claims lives in main memory (the last "
+        "level); whether the model fits is checked level by level.",
+    )
 
 
 class KernelLimits(BaseModel):
@@ -199,6 +206,16 @@ class Hardware(BaseModel):
         """The farthest level (off-chip main memory) as (name, level)."""
         name = next(reversed(self.memory))
         return name, self.memory[name]
+
+    def holders(self) -> dict[str, str]:
+        """Which level keeps the weights and which the activations ('weights'/'activations'
+        -> level name); main memory keeps whatever no level claims."""
+        main_name, _ = self.main_memory
+        found = {"weights": main_name, "activations": main_name}
+        for name, level in self.memory.items():
+            for what in level.holds:
+                found[what] = name
+        return found
 
     @property
     def managed_level(self) -> tuple[str, MemoryLevel] | None:

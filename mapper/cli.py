@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
-import json
+import itertools
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -13,19 +14,20 @@ from typing import Any
 
 import click
 
-from mapper import __version__, flags
-from mapper.errors import MapperError, QualityGateError, UserError
+from mapper import __version__, budgets, flags
+from mapper.console import emit_json
+from mapper.diff import diff_command
+from mapper.errors import BudgetError, MapperError, QualityGateError, UserError
 from mapper.flags import parse_dim, parse_shape
+from mapper.metrics import find_metric
 from mapper.options import CompileOptions
 from mapper.passes.arena.cli import arena_group
 from mapper.passes.moe.cli import moe_group
 from mapper.units import format_size, format_time
 
 log = logging.getLogger("mapper")
-
-
-def _emit_json(payload: Any) -> None:
-    click.echo(json.dumps(payload, indent=1))
+# The settings file a compile or study picks up from the working directory.
+DEFAULT_CONFIG = "mapper.yaml"
 
 
 def _echo_columns(rows: Sequence[Sequence[str]]) -> None:
@@ -45,6 +47,8 @@ def _print_summary(summary: dict[str, Any], seconds: float) -> None:
         lines += [f"  latency          {format_time(summary['latency_s'])} (estimate)",
                   f"  peak memory      {format_size(summary['peak_device_bytes'])}",
                   f"  off-chip traffic {format_size(summary['offchip_bytes'])}"]
+    if summary.get("memory_fit"):
+        lines.append(f"  fits             {_fit_text(summary)}")
     lines.append("  passes" + ("" if summary["passes"] else "           (none)"))
     for record in summary["passes"]:
         # The first note is each pass's one-line verdict (what it decided vs its baselines).
@@ -54,6 +58,25 @@ def _print_summary(summary: dict[str, Any], seconds: float) -> None:
     lines += [f"  plan             {summary['files']['plan']}",
               f"  report           {summary['files']['report']}"]
     click.echo("\n".join(lines))
+    if summary.get("budgets"):
+        click.echo("  budgets")
+        _echo_columns([("  ", *row) for row in budgets.table(summary["budgets"])])
+
+
+def _fit_text(summary: dict[str, Any]) -> str:
+    """`yes`/`NO` with the bytes on both sides, level by level."""
+    parts = [f"{' + '.join(row['holds'])} {format_size(row['bytes'])} of "
+             f"{format_size(row['capacity'])} {row['memory']}" for row in summary["memory_fit"]]
+    return ("yes: " if summary["fits"] else "NO: ") + "; ".join(parts)
+
+
+def _warn_unfit(summary: dict[str, Any]) -> None:
+    """A model that does not fit its device gets a warning line on stderr."""
+    for row in summary.get("memory_fit") or ():
+        if not row["fits"]:
+            click.echo(f"mapper: warning: the model does not fit {summary['hardware']}: "
+                       f"{' + '.join(row['holds'])} need {format_size(row['bytes'])}, its "
+                       f"{row['memory']} holds {format_size(row['capacity'])}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,11 +116,18 @@ def _plan_options(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(**values: Any) -> Any:
         ctx = click.get_current_context()
         config_path = values.pop("config_file")
+        if values.pop("no_config"):
+            config_path = None
+        elif config_path is None and Path(DEFAULT_CONFIG).is_file():
+            # A repository commits its deployment settings as mapper.yaml beside the model.
+            config_path = Path(DEFAULT_CONFIG)
+            log.warning("settings from %s (--no-config ignores it)", DEFAULT_CONFIG)
         raw = {name: values.pop(name) for name in names}
         base = _read_config(config_path) if config_path is not None else {}
         where = f"config file {str(config_path)!r}" if config_path is not None else "option"
         if base:
             flags.check_keys(CompileOptions, base, where)
+            base = flags.parse_config(CompileOptions, base)
 
         def given(param: str) -> bool:
             source = ctx.get_parameter_source(param)
@@ -109,9 +139,12 @@ def _plan_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     for option in reversed(flags.click_options(CompileOptions)):
         wrapper = option(wrapper)
+    wrapper = click.option("--no-config", "no_config", is_flag=True,
+                           help=f"Ignore ./{DEFAULT_CONFIG} (flags and --config only).")(wrapper)
     return click.option("--config", "config_file", type=click.Path(path_type=Path),
-                        help="Settings from a YAML file (CompileOptions' fields as keys, e.g. "
-                        "memory: {objective: peak}); flags override it.")(wrapper)
+                        help=f"Settings from a YAML file (CompileOptions' fields as keys, e.g. "
+                        f"memory: {{objective: peak}}; `mapper schema config`); flags override "
+                        f"it. Default: ./{DEFAULT_CONFIG} where one exists.")(wrapper)
 
 
 @cli.command("compile")
@@ -134,10 +167,19 @@ def compile_command(model: Path, hardware: str, output: Path, options: CompileOp
 
     started = time.perf_counter()
     result = compile_model(model, hardware, output, options, force=force)
-    if as_json:
-        _emit_json(result.summary)
-    else:
+    _warn_unfit(result.summary)
+    violated = budgets.failed(result.summary["budgets"])
+    if not as_json:
         _print_summary(result.summary, time.perf_counter() - started)
+    elif not violated:
+        emit_json(result.summary)
+    if violated:
+        names = ", ".join("the model does not fit the device memory" if row["given"] == "fit"
+                          else f"{row['metric']} {find_metric(row['metric']).format(row['value'])}"
+                          f" (limit {row['given']})" for row in violated)
+        raise BudgetError(f"{len(violated)} budget(s) exceeded: {names}; the plan and report "
+                          f"are in {output}", details={"budgets": result.summary["budgets"],
+                                                       "summary": result.summary})
 
 
 @cli.command("study")
@@ -189,7 +231,7 @@ def study_command(model: Path, hardware: str, sweeps: tuple[str, ...],
 
         write_output_dir(output, write_results, force=force)
     if as_json:
-        _emit_json({"model": str(model), "sweeps": {s.path: list(s.values) for s in parsed},
+        emit_json({"model": str(model), "sweeps": {s.path: list(s.values) for s in parsed},
                     "points": [p.to_dict() for p in points]})
         return
     fields = [s.path for s in parsed]
@@ -239,11 +281,13 @@ def verify_command(original: Path, optimized: Path, inputs: Path | None, rtol: f
     result = verify_models(original, optimized, inputs=inputs, seed=seed, rtol=rtol, atol=atol,
                            input_shapes=dict(parse_shape(v) for v in input_shapes),
                            dims=dict(parse_dim(v) for v in dims))
+    payload = {"ok": result.ok, "inputs": result.inputs_source, "rtol": rtol, "atol": atol,
+               "outputs": [{"name": o.name, "shape": list(o.shape), "max_abs": o.max_abs,
+                            "max_rel": o.max_rel, "cosine": o.cosine, "ok": o.ok}
+                           for o in result.outputs]}
     if as_json:
-        _emit_json({"ok": result.ok, "inputs": result.inputs_source, "rtol": rtol, "atol": atol,
-                    "outputs": [{"name": o.name, "shape": list(o.shape), "max_abs": o.max_abs,
-                                 "max_rel": o.max_rel, "cosine": o.cosine, "ok": o.ok}
-                                for o in result.outputs]})
+        if result.ok:  # a failure prints one object: the error, carrying the comparison
+            emit_json(payload)
     else:
         click.echo(f"inputs: {result.inputs_source}; tolerance rtol={rtol:g} atol={atol:g}")
         for o in result.outputs:
@@ -252,7 +296,8 @@ def verify_command(original: Path, optimized: Path, inputs: Path | None, rtol: f
                        f"cosine {o.cosine:.6f}  {'ok' if o.ok else 'MISMATCH'}")
     if not result.ok:
         bad = ", ".join(o.name for o in result.outputs if not o.ok)
-        raise QualityGateError(f"outputs differ beyond rtol={rtol:g}, atol={atol:g}: {bad}")
+        raise QualityGateError(f"outputs differ beyond rtol={rtol:g}, atol={atol:g}: {bad}",
+                               details=payload)
 
 
 _TILE_DTYPES = ["fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int16", "int8", "int4", "fp4"]
@@ -292,7 +337,7 @@ def tile_command(m: int, n: int, k: int, batch: int, dtype: str, hardware: str,
     record = tile_problem(hw, GemmProblem.dense(m, n, k, dtype, batch=batch), config,
                           seed=seed, budget_s=time_limit)
     if as_json:
-        click.echo(json.dumps(record))
+        emit_json(record)
         return
     tile = ", ".join(f"{key}={value}" for key, value in record["tile"].items())
     flops = record["flops"] / record["est_time_s"] if record["est_time_s"] else 0.0
@@ -322,7 +367,8 @@ def verify_plan_command(model: Path, plan: Path, as_json: bool) -> None:
 
     check = verify_plan(model, plan)
     if as_json:
-        _emit_json(check.to_dict())
+        if check.ok:  # a failure prints one object: the error, carrying the violations
+            emit_json(check.to_dict())
     elif check.ok:
         parts = [f"sections checked: {', '.join(check.checked)}"]
         if check.traffic is not None:
@@ -339,7 +385,8 @@ def verify_plan_command(model: Path, plan: Path, as_json: bool) -> None:
             click.echo(f"  ... and {len(check.violations) - 20} more")
     if not check.ok:
         raise QualityGateError(f"{plan} breaks {len(check.violations)} rule(s) of CONTRACTS.md "
-                               f"sections 2-4 for {model}")
+                               f"sections 2-4 for {model}", subject={"file": str(plan)},
+                               details=check.to_dict())
 
 
 @cli.group("hw")
@@ -355,7 +402,7 @@ def hw_list(as_json: bool) -> None:
 
     catalog = builtin_catalog()
     if as_json:
-        _emit_json([{"name": hw.name, "aliases": list(hw.aliases), "kind": hw.kind,
+        emit_json([{"name": hw.name, "aliases": list(hw.aliases), "kind": hw.kind,
                      "vendor": hw.vendor, "description": hw.description} for hw in catalog])
         return
     rows = [("NAME", "KIND", "PEAK", "MEMORY", "BANDWIDTH", "MANAGED LEVEL", "ALIASES")]
@@ -376,54 +423,134 @@ def hw_list(as_json: bool) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
               help="Override a field before showing it, e.g. memory.l2.size=80MiB "
               "(repeatable).")
-def hw_show(name: str, overrides: tuple[str, ...]) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (the default and only output of this command).")
+def hw_show(name: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """The fully resolved hardware model NAME (overrides applied), as JSON."""
     from mapper.hwmodels.loader import load_hardware
 
-    _emit_json(load_hardware(name, overrides).to_plan_dict())
+    del as_json  # the model is JSON either way; the flag is accepted like on every command
+    emit_json(load_hardware(name, overrides).to_plan_dict())
 
 
 @hw_group.command("validate")
 @click.argument("path", type=click.Path(path_type=Path))
-def hw_validate(path: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as one JSON object.")
+def hw_validate(path: Path, as_json: bool) -> None:
     """Check a hardware YAML file; report every problem at once."""
     from mapper.hwmodels.loader import load_hardware
 
     if path.suffix.lower() not in (".yaml", ".yml"):
         raise UserError(f"{str(path)!r} is not a .yaml/.yml file")
     hw = load_hardware(str(path))
-    click.echo(f"{path}: valid ({hw.name}, {hw.kind})")
+    if as_json:
+        emit_json({"path": str(path), "valid": True, "name": hw.name, "kind": hw.kind})
+    else:
+        click.echo(f"{path}: valid ({hw.name}, {hw.kind})")
+
+
+@cli.command("schema")
+@click.argument("subject", type=click.Choice(["plan", "hardware", "config"]))
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (the default and only output of this command).")
+def schema_command(subject: str, as_json: bool) -> None:
+    """Print the JSON Schema of plan.json, of a hardware model file, or of a config file."""
+    del as_json  # a schema is JSON either way; the flag is accepted like on every command
+    if subject == "plan":
+        from mapper.plan_schema import plan_json_schema
+
+        emit_json(plan_json_schema())
+        return
+    from mapper.hwmodels.schema import Hardware
+
+    model: Any = Hardware if subject == "hardware" else CompileOptions
+    schema = model.model_json_schema(by_alias=True)
+    schema["title"] = {"hardware": "mapper.hw/1", "config": "mapper compile config"}[subject]
+    emit_json({"$schema": "https://json-schema.org/draft/2020-12/schema", **schema})
 
 
 cli.add_command(moe_group)
 cli.add_command(arena_group)
+cli.add_command(diff_command)
+
+
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
+_FILE = re.compile(r"\b(?:file|directory|model|path)\s+'([^']+)'")
+_FIELD = re.compile(r"\b((?:compute|memory|interconnect|kernel_limits)\.[A-Za-z0-9_.]+)")
+
+
+def _subject(message: str, given: dict[str, str]) -> dict[str, str]:
+    """The flag, file or field an error is about: what the error says, else what its message
+    names first."""
+    if given:
+        return given
+    for key, pattern in (("flag", _FLAG), ("file", _FILE), ("field", _FIELD)):
+        found = pattern.search(message)
+        if found:
+            return {key: found.group(1).rstrip(".")}
+    return {}
+
+
+def _error_payload(kind: str, code: int, message: str, subject: dict[str, str] | None = None,
+                   details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`--json` errors: {"error", "exit_code", "message", the flag/file/field, details}."""
+    return {"error": kind, "exit_code": code, "message": message,
+            **_subject(message, subject or {}), **(details or {})}
+
+
+def _click_subject(error: click.ClickException) -> dict[str, str]:
+    param = getattr(error, "param", None)
+    if param is not None and getattr(param, "opts", None):
+        return {"flag": max(param.opts, key=len)} if param.opts[0].startswith("-") \
+            else {"argument": param.name or ""}
+    option = getattr(error, "option_name", None)
+    return {"flag": option} if option else {}
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for machine output (`--json`, `--format json`)."""
+    args = list(argv)
+    return "--json" in args or "--format=json" in args or any(
+        a == "--format" and b == "json" for a, b in itertools.pairwise(args))
 
 
 def _run(entry: Callable[..., Any], argv: Sequence[str] | None) -> int:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = list(argv) if argv is not None else sys.argv[1:]
+    debug = "--debug" in args
+    as_json = _wants_json(args)
+
+    def report(kind: str, code: int, message: str, subject: dict[str, str] | None = None,
+               details: dict[str, Any] | None = None, text: str | None = None) -> int:
+        if as_json:
+            emit_json(_error_payload(kind, code, message, subject, details))
+        else:
+            click.echo(text or f"mapper: error: {message}", err=True)
+        return code
+
     try:
-        entry.main(args=list(argv) if argv is not None else None, prog_name="mapper",
-                   standalone_mode=False)
+        entry.main(args=args, prog_name="mapper", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("mapper: aborted", err=True)
-        return 130
+        return report("aborted", 130, "aborted", text="mapper: aborted")
     except click.ClickException as error:
-        error.show()
-        return 2
+        if not as_json:
+            error.show()
+            return 2
+        return report("usage", 2, error.format_message(), _click_subject(error))
     except MapperError as error:
         if debug and error.exit_code == 1:
             traceback.print_exc()
-        click.echo(f"mapper: error: {error}", err=True)
-        return error.exit_code
+        return report(error.kind, error.exit_code, str(error), error.subject, error.details)
     except KeyboardInterrupt:
-        return 130
+        return report("aborted", 130, "interrupted", text="mapper: interrupted")
     except Exception as error:
         if debug:
             traceback.print_exc()
-        click.echo(f"mapper: internal error: {type(error).__name__}: {error}. This is a bug in "
-                   "mapper: please report it with the model and command (rerun with --debug "
-                   "for the traceback)", err=True)
-        return 1
+        return report("internal", 1, f"internal error: {type(error).__name__}: {error}. This is "
+                      "a bug in mapper: please report it with the model and command (rerun with "
+                      "--debug for the traceback)",
+                      text=f"mapper: internal error: {type(error).__name__}: {error}. This is a "
+                      "bug in mapper: please report it with the model and command (rerun with "
+                      "--debug for the traceback)")
     return 0
 
 

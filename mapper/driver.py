@@ -11,6 +11,7 @@ from typing import Any
 import onnx
 from onnx import ModelProto
 
+from mapper import budgets
 from mapper.calibration import first_sample, load_calibration
 from mapper.emit import save_model
 from mapper.graph import GraphView
@@ -29,6 +30,7 @@ from mapper.passes.rtn import RtnPass
 from mapper.passes.tiling import TilingPass
 from mapper.pipeline import InternalError, Pass, PassContext, PipelineOutcome, run_pipeline
 from mapper.plan import build_plan, dumps
+from mapper.plan_schema import check_plan
 from mapper.report import render_report
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,10 @@ def _summary(plan: dict[str, Any], output_dir: Path, view: GraphView) -> dict[st
         "latency_s": estimate.get("latency_s"),
         "offchip_bytes": estimate.get("offchip_bytes"),
         "peak_device_bytes": estimate.get("peak_device_bytes"),
+        "device_memory_bytes": estimate.get("device_memory_bytes"),
+        "fits": estimate.get("fits"),
+        "memory_fit": estimate.get("memory_fit"),
+        "budgets": plan.get("budgets", []),
         "passes": [{"name": p["name"], "status": p["status"], "seconds": p["seconds"],
                     "notes": p["notes"]} for p in plan["passes"]],
         "files": {"model": str(output_dir / "model.onnx"), "plan": str(output_dir / "plan.json"),
@@ -142,7 +148,14 @@ def plan_loaded(loaded: LoadedModel, hardware: Hardware, options: CompileOptions
     context = PassContext(model=loaded.model, view=view, hardware=hardware, options=options,
                           order=view.model_order)
     outcome = run_pipeline(PIPELINE, context)
-    return build_plan(loaded, hardware, outcome, model_path), outcome
+    plan = build_plan(loaded, hardware, outcome, model_path)
+    plan["budgets"] = budgets.evaluate(plan, options.budgets)
+    try:
+        check_plan(plan)
+    except ValueError as error:
+        raise InternalError(f"{error}. This is a bug in mapper: please report it with the "
+                            "model and command") from error
+    return plan, outcome
 
 
 def compile_model(model_path: str | Path, hardware: str, output_dir: str | Path,

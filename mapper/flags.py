@@ -9,6 +9,7 @@ so `model_fields_set` on every config says exactly what the user set.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import types
 import typing
@@ -157,7 +158,7 @@ def validate(model: type[BaseModel], tree: Mapping[str, Any], where: str) -> Any
             name = flag_name(model, path)
             label = name if name.startswith("--") else f"{path!r}"
             message = problem["msg"].removeprefix("Value error, ")
-            details.append(f"{label}: {message}")
+            details.append(f"{label}: {message}" if path else message)
         raise UserError(f"invalid {where}: " + "; ".join(details)) from None
 
 
@@ -186,6 +187,31 @@ def collect(model: type[BaseModel], values: Mapping[str, Any],
             value = flag.parse(raw) if flag.parse else raw
         _set(tree, item.path, value)
     return tree
+
+
+def parse_config(model: type[BaseModel], tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A config file's settings with every flag's own parser applied to what the file wrote
+    as text or numbers (`scratchpad: 256KiB`, `max_degradation: 0.01`), so a file holds
+    everything its flags hold, in the same words."""
+    result = copy.deepcopy(dict(tree))
+    for item in flag_fields(model):
+        parse = item.flag.parse
+        node: Any = result
+        for key in item.path[:-1]:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if parse is None or not isinstance(node, dict) or item.path[-1] not in node:
+            continue
+        value = node[item.path[-1]]
+        if item.flag.multiple and isinstance(value, list | tuple) \
+                and all(isinstance(v, str | int | float) for v in value):
+            parsed = [parse(str(v)) for v in value]
+            node[item.path[-1]] = item.flag.collect(parsed) if item.flag.collect \
+                else tuple(parsed)
+        elif isinstance(value, str | int | float) and not isinstance(value, bool):
+            parsed_one = parse(str(value))
+            node[item.path[-1]] = (item.flag.collect([parsed_one]) if item.flag.collect
+                                   else (parsed_one,)) if item.flag.multiple else parsed_one
+    return result
 
 
 def flag_name(model: type[BaseModel], path: str) -> str:

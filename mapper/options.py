@@ -8,16 +8,19 @@ so a setting given for a pass that does not run is an error that names the pass.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mapper.budgets import Budget, parse_budget, parse_budgets
 from mapper.flags import Flag, as_dict, flag_name, parse_dim, parse_names, parse_shape
 from mapper.units import parse_size
 
 Precision = Literal["model", "fp32", "tf32", "fp16", "bf16", "fp8", "int8"]
 CompressMethod = Literal["rtn", "gqsa", "lqlora"]
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+# Budgets on these need a compression pass to measure them.
+_COMPRESSION_METRICS = ("bits_per_weight", "quality", "quality_min")
 
 
 class TilingConfig(BaseModel):
@@ -222,18 +225,6 @@ class GqsaConfig(BaseModel):
         "compressed prefix; none: stage 1 alone")
 
 
-def parse_device_budget(text: str) -> int:
-    """`device_memory=SIZE` -> bytes (the memory `--bits auto` fits the model into)."""
-    from mapper.errors import UserError
-    from mapper.units import parse_size
-
-    key, sep, value = text.partition("=")
-    if not sep or key.strip() != "device_memory":
-        raise UserError(f"--budget {text!r}: expected device_memory=SIZE, e.g. "
-                        "device_memory=512MiB")
-    return parse_size(value.strip())
-
-
 class LqloraConfig(BaseModel):
     """Configuration of the lqlora pass (low-rank plus quantized decomposition)."""
 
@@ -255,10 +246,6 @@ class LqloraConfig(BaseModel):
     budget_includes_lora: Annotated[bool, Flag("--budget-includes-lora")] = Field(
         False, description="count the low-rank factors in the --bits budget too; the ILP may "
         "then drop a matrix's factors (rank 0) where they do not pay for their bits")
-    device_memory: Annotated[int | None, Flag("--budget", metavar="device_memory=SIZE",
-                                              parse=parse_device_budget)] = Field(
-        None, gt=0, description="with --bits auto: the memory the weights and peak "
-        "activations must fit (default: the hardware's main memory)")
 
 
 class CompileOptions(BaseModel):
@@ -310,6 +297,27 @@ class CompileOptions(BaseModel):
     tiling: TilingConfig = Field(default_factory=TilingConfig,
                                  description="tiling pass settings")
     arena: ArenaConfig = Field(default_factory=ArenaConfig, description="arena pass settings")
+    budgets: Annotated[tuple[Budget, ...], Flag(
+        "--budget", metavar="METRIC=LIMIT", parse=parse_budget, multiple=True,
+        help="A limit the plan must meet, e.g. latency=5ms, device_memory=fit, offchip=300MB, "
+        "quality=0.99 (any plan.estimate or compression metric; repeatable); a violated "
+        "budget exits 4 after writing the output. device_memory=SIZE is also the memory "
+        "lqlora's --bits auto fits into")] = Field(
+        (), description="limits on plan metrics (METRIC=LIMIT strings, or a mapping of "
+        "metric to limit in a config file)")
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _read_budgets(cls, value: Any) -> tuple[Budget, ...]:
+        return parse_budgets(value)
+
+    @model_validator(mode="after")
+    def _budgets_measurable(self) -> CompileOptions:
+        for budget in self.budgets:
+            if budget.metric in _COMPRESSION_METRICS and self.compression.method is None:
+                raise ValueError(f"--budget {budget.metric}={budget.given} limits a compression "
+                                 "metric, and no compression pass runs: add --compress METHOD")
+        return self
 
     @property
     def compress(self) -> CompressMethod | None:

@@ -254,7 +254,8 @@ def run_pipeline(pipeline: Sequence[Pass], context: PassContext) -> PipelineOutc
             result = current(context)
         except MapperError as error:
             prefix = f"pass {current.name}" + (f" (after {', '.join(ran)})" if ran else "")
-            raise type(error)(f"{prefix}: {error}") from error
+            raise type(error)(f"{prefix}: {error}", subject=error.subject,
+                              details=error.details) from error
         except Exception as error:
             after = f" after {', '.join(ran)}" if ran else ""
             raise InternalError(

@@ -142,6 +142,29 @@ def _estimate_section(plan: dict[str, Any]) -> str:
         + html_table(headers, rows(ops), {3, 4, 5, 7}) + "</details>")
 
 
+def _fit_and_budgets(plan: dict[str, Any]) -> str:
+    """Whether the model fits, level by level with the bytes on both sides, and the budgets."""
+    from mapper.budgets import table
+
+    estimate = plan.get("estimate") or {}
+    parts = []
+    if estimate.get("memory_fit"):
+        rows = [[row["memory"], " + ".join(row["holds"]), format_size(row["bytes"]),
+                 format_size(row["capacity"]),
+                 "<span class='ok'>fits</span>" if row["fits"]
+                 else "<span class='failed'>does not fit</span>"]
+                for row in estimate["memory_fit"]]
+        parts.append("<h2>Does it fit?</h2>" + html_table(
+            ["memory", "holds", "needs", "capacity", "verdict"], rows, {2, 3}, raw={4}))
+    if plan.get("budgets"):
+        _, *body = table(plan["budgets"])
+        rows = [[*row[:3], f"<span class='{'ok' if row[3] == 'ok' else 'failed'}'>"
+                 f"{escape(row[3])}</span>"] for row in body]
+        parts.append("<h2>Budgets</h2>" + html_table(
+            ["budget", "limit", "value", "verdict"], rows, {1, 2}, raw={3}))
+    return "".join(parts)
+
+
 # Each renderer takes the plan and returns its HTML (empty when its section is absent);
 # a pass with a report section adds its renderer here, in pipeline order.
 SECTION_RENDERERS: tuple[Callable[[dict[str, Any]], str], ...] = (
@@ -163,7 +186,8 @@ def render_report(plan: dict[str, Any]) -> str:
     if estimate:
         cards += [("estimated latency", format_time(estimate["latency_s"])),
                   ("peak device memory", format_size(estimate["peak_device_bytes"])),
-                  ("off-chip traffic", format_size(estimate["offchip_bytes"]))]
+                  ("off-chip traffic", format_size(estimate["offchip_bytes"])),
+                  ("fits the device", "yes" if estimate["fits"] else "NO")]
     card_html = "".join(f"<div class='card'><span class='muted'>{escape(k)}</span>"
                         f"<b>{escape(v)}</b></div>" for k, v in cards)
     pass_rows = [[p["name"], p["status"], f"{p['seconds']:.3f} s",
@@ -182,7 +206,8 @@ def render_report(plan: dict[str, Any]) -> str:
         f"<p class='muted'>mapper {escape(plan['mapper_version'])} · inputs {escape(shapes)} · "
         f"sha256 {escape(plan['model']['sha256'][:16])}…</p>"
         f"<div class='cards'>{card_html}</div>"
-        "<h2>Passes</h2>"
+        + _fit_and_budgets(plan)
+        + "<h2>Passes</h2>"
         + html_table(["pass", "status", "time", "solver", "notes"], pass_rows, set())
         + "<h2>Loading</h2>" + notes_html
         + "".join(render(plan) for render in SECTION_RENDERERS)

@@ -10,8 +10,9 @@ managed level's bandwidth (so a bigger scratchpad shows up as lower latency), an
 placed experts across devices, its per-forward all-to-all time is added to `latency_s` and
 reported as `moe_alltoall_s`; the experts' compute is already in the per-op rows.
 
-`fits`: the weights plus peak activations against the memory that holds them (the main
-memory of the hardware model).
+`fits`: the weights plus peak activations against the memory that holds them: main memory,
+or level by level where the hardware model says a level holds the weights (an MCU's flash)
+or the activations (its SRAM); `memory_fit` has the bytes on both sides of each.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from mapper.costs import MATRIX_CATEGORIES, dequant_ops, op_time
 from mapper.graph import GraphView
+from mapper.hwmodels.schema import Hardware
 from mapper.pipeline import Pass, PassContext, PassResult
 
 
@@ -31,6 +33,23 @@ def peak_device_bytes(view: GraphView, order: tuple[str, ...], arena_bytes: int 
         return view.weight_bytes() + view.input_bytes() + int(arena_bytes)
     live = view.live_activation_bytes(order)
     return view.weight_bytes() + view.input_bytes() + (max(live) if live else 0)
+
+
+def fit_by_level(hardware: Hardware, weight_bytes: int, activation_bytes: int
+                 ) -> list[dict[str, Any]]:
+    """Whether the model fits, level by level: the weights and the activations (inputs plus
+    the arena or peak live activations) each against the level the hardware model says
+    holds them (main memory unless a level claims them, e.g. an MCU's flash)."""
+    holders = hardware.holders()
+    need = {"weights": weight_bytes, "activations": activation_bytes}
+    rows = []
+    for level_name in dict.fromkeys(holders.values()):
+        holds = [what for what in ("weights", "activations") if holders[what] == level_name]
+        needed = sum(need[what] for what in holds)
+        capacity = hardware.memory[level_name].size
+        rows.append({"memory": level_name, "holds": holds, "bytes": int(needed),
+                     "capacity": int(capacity), "fits": needed <= capacity})
+    return rows
 
 
 def _rows(view: GraphView, name: str) -> int:
@@ -85,12 +104,14 @@ class EstimatePass(Pass):
         alltoall = facts.alltoall.seconds if facts.alltoall else 0.0
         arena_bytes = facts.arena.bytes if facts.arena else None
         peak = peak_device_bytes(view, context.order, arena_bytes)
-        holding, level = hardware.main_memory
-        device_memory = level.size
-        fits = peak <= device_memory
-        if not fits:
-            notes.insert(0, f"does not fit: weights + peak activations need {peak} B, the "
-                         f"{holding} of {hardware.name} holds {device_memory} B")
+        memory_fit = fit_by_level(hardware, view.weight_bytes(), peak - view.weight_bytes())
+        fits = all(row["fits"] for row in memory_fit)
+        device_memory = sum(row["capacity"] for row in memory_fit)
+        for row in reversed(memory_fit):
+            if not row["fits"]:
+                notes.insert(0, f"does not fit: {' + '.join(row['holds'])} need {row['bytes']} "
+                             f"B, the {row['memory']} of {hardware.name} holds "
+                             f"{row['capacity']} B")
         estimate = {
             "latency_s": sum(row["time_s"] for row in rows) + alltoall,
             "moe_alltoall_s": alltoall,
@@ -98,6 +119,7 @@ class EstimatePass(Pass):
             "peak_device_bytes": peak,
             "device_memory_bytes": device_memory,
             "fits": fits,
+            "memory_fit": memory_fit,
             "weight_bytes": view.weight_bytes(),
             "precision": view.precision,
             "ops": rows,

@@ -196,7 +196,8 @@ def test_unknown_field_is_an_error_listing_the_valid_ones(tmp_path):
 def test_unknown_field_in_a_memory_level_lists_the_level_fields(tmp_path):
     text = MINIMAL.replace("    size: 40MiB\n", "    size: 40MiB\n    latency: 3\n")
     message = load_error(write(tmp_path, text))
-    expected = "memory.spad.latency: unknown field; valid fields here: bandwidth, managed, scope"
+    expected = ("memory.spad.latency: unknown field; valid fields here: bandwidth, holds, "
+                "managed, scope")
     assert expected in message
 
 
@@ -283,7 +284,8 @@ def test_override_may_add_an_optional_entry():
     ("override", "expected"),
     [
         ("memory.l3.size=1MiB", "unknown key 'l3' at memory; valid keys: hbm, l2, registers"),
-        ("memory.l2.sise=1MiB", "unknown key 'sise' at memory.l2; valid keys: bandwidth, managed"),
+        ("memory.l2.sise=1MiB",
+         "unknown key 'sise' at memory.l2; valid keys: bandwidth, holds, managed"),
         ("compute.peak_ops.fp12=1TFLOPS", "unknown key 'fp12' at compute.peak_ops"),
         ("name.first=x", "'name' is a value, not a mapping"),
         ("memory.l2.size", "expected PATH=VALUE"),

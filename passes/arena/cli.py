@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from mapper.console import emit_json
 from mapper.errors import UserError
 from mapper.outputs import check_output_file, write_output_file
 from mapper.passes.arena.csv import format_solution, read_csv
@@ -76,7 +76,7 @@ def arena_solve(problem: Path, capacity: str | None, output: Path, method: str,
                "optimal": optimal, "method": used, "nodes": nodes,
                "seconds": round(seconds, 4), "output": str(output)}
     if as_json:
-        click.echo(json.dumps(summary, indent=1))
+        emit_json(summary)
         return
     target = f"within {limit} bytes" if limit is not None else "in the smallest arena found"
     proof = "" if optimal is None else (" (proven optimal)" if optimal else " (not proven "

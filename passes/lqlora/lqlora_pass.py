@@ -202,13 +202,15 @@ class LqloraPass(WeightRewritePass):
                                 f"the minimum is {minimum / elements:.3f} bits per weight "
                                 f"on these weights{' with their factors' if include else ''}")
             return min(budget, maximum), ""
+        from mapper.budgets import limit_of
         from mapper.passes.estimate import peak_device_bytes
 
         view = context.view
-        lq = context.options.lqlora
         holding, level = context.hardware.main_memory
-        memory = lq.device_memory or level.size
-        source = "--budget device_memory" if lq.device_memory else f"the {holding} of " \
+        given = limit_of(context.options.budgets, "peak_device_bytes")
+        sized = given is not None and given.limit is not None
+        memory = int(given.limit) if sized else level.size
+        source = f"--budget device_memory={given.given}" if sized else f"the {holding} of " \
             f"{context.hardware.name}"
         dense = sum(view.tensors[s.weight].size for s in sites)
         others = peak_device_bytes(view, view.model_order) - dense

@@ -5,10 +5,11 @@ Only click is imported at start-up; the solver modules load when a command runs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
+
+from mapper.console import emit_json
 
 _DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0}
 
@@ -99,7 +100,7 @@ def place_command(trace_path: Path, devices: int, devices_per_node: int | None, 
         write_output_file(output, text, force=force, ours=json_with_keys(*_PLACEMENT_KEYS),
                           what="placement")
     if as_json:
-        click.echo(text, nl=False)
+        emit_json(placed.section)
         return
     metrics = placed.section["metrics"]
     rows = [("mapper", metrics), *metrics["baselines"].items()]
@@ -169,7 +170,7 @@ def synth_command(layers: int, experts: int, top_k: int, tokens: int, skew: floa
                "num_experts": experts, "layout": trace_layout,
                "planted_devices": planted_devices}
     if as_json:
-        click.echo(json.dumps(summary))
+        emit_json(summary)
     else:
         click.echo(f"wrote {output}: routes {layers} x {tokens} x {top_k} "
                    f"({trace_layout}), {experts} experts"
