@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mapper.errors import UserError
 from mapper.metrics import find_metric
+from mapper.units import format_size
 
 FIT = "fit"
 
@@ -87,7 +88,12 @@ def evaluate(plan: Mapping[str, Any], budgets: Sequence[Budget]) -> list[dict[st
             ok, note = False, "the plan does not state it (the pass that measures it did not run)"
         elif budget.is_fit:
             # Level by level: the total can be under the sum while one level overflows.
-            ok, note = bool((plan.get("estimate") or {}).get("fits")), None
+            estimate = plan.get("estimate") or {}
+            ok = bool(estimate.get("fits"))
+            over = [f"{' + '.join(row['holds'])} {format_size(row['bytes'])} > {row['memory']} "
+                    f"{format_size(row['capacity'])}" for row in estimate.get("memory_fit", ())
+                    if not row["fits"]]
+            note = "; ".join(over) or None
         else:
             higher = metric.direction(plan) == "higher"
             ok = value >= limit if higher else value <= limit
@@ -111,11 +117,12 @@ def table(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
     out: list[tuple[str, ...]] = [("BUDGET", "LIMIT", "VALUE", "")]
     for row in rows:
         metric = find_metric(row["metric"])
-        limit = metric.format(row["limit"])
-        if row["given"] == FIT:
-            limit = f"fit ({limit})"
         sign = ">=" if row["better"] == "higher" else "<="
-        out.append((metric.name, f"{sign} {limit}", metric.format(row["value"]),
+        limit = f"{sign} {metric.format(row['limit'])}"
+        value = metric.format(row["value"])
+        if row["given"] == FIT:
+            limit, value = "fits each level", row.get("note") or value
+        out.append((metric.name, limit, value,
                     "ok" if row["ok"] else "EXCEEDED" if row["value"] is not None
                     else "NOT MEASURED"))
     return out
