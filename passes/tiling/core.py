@@ -36,7 +36,7 @@ from mapper.passes.tiling.triton import triton_config
 _MIN_SOLVE_S = 0.05
 # Deterministic seconds of CP-SAT per second of time limit (shared by the unique problems),
 # the least one problem gets, and the wall-clock cap as a multiple of it.
-_DET_PER_S, _MIN_DET_S, _WALL_PER_DET = 0.2, 0.02, 4.0
+_DET_PER_S, _MIN_DET_S, _WALL_PER_DET = 0.2, 0.05, 10.0
 
 
 @dataclass(frozen=True)
