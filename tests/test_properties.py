@@ -1,0 +1,131 @@
+"""Random-graph property tests: valid random ONNX graphs through the default pipeline.
+
+Each example is a random DAG (tests/graphgen.py) of the common operators: Conv, MatMul,
+Gemm, Add, Mul, Relu, Concat, Split, Reshape, Transpose, Softmax, pooling, normalization,
+Gather, Slice, Resize, LSTM and If. The properties, for every one of them:
+
+* the compile never exits 1 (in fact exits 0: the graphs are valid and small);
+* the plan passes `verify-plan` (mapper.verify_plan, the independent checker);
+* the output model computes what the input computes, in onnxruntime (mapper.verify).
+
+Through the lossy rtn pass: the compression section records a measured quality, and a
+`max_degradation` of 0 turns any loss into exit 4 with nothing written.
+
+Everything runs in-process (a `mapper` subprocess costs 1-2 s to start), derandomized so
+every CI run sees the same graphs, without shrinking (a failure prints the example;
+`MAPPER_SHRINK=1` turns shrinking back on to minimize it). One test per op family plus a
+mixed one, so pytest-xdist spreads them over its workers; the examples add up to
+`TOTAL_EXAMPLES`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from mapper.options import CompileOptions, CompressionConfig, Degradation
+from mapper.verify import verify_models
+from mapper.verify_plan import verify_plan
+from tests.graphgen import OPS, compile_exit, graphs, make_dynamic
+
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "conv_pool": ("Conv", "Pool", "Relu", "Add"),
+    "dense": ("MatMul", "Gemm", "Add", "Relu", "Reshape"),
+    "elementwise": ("Add", "Mul", "Relu", "Softmax"),
+    "layout": ("Concat", "Split", "Reshape", "Transpose", "Slice", "Gather"),
+    "norm": ("Norm", "Conv", "Relu", "Transpose"),
+    "resize": ("Resize", "Pool", "Conv", "Mul"),
+    "lstm": ("LSTM", "MatMul", "Reshape", "Slice"),
+    "if": ("If", "Relu", "MatMul", "Add", "Softmax"),
+}
+PER_FAMILY = 30
+MIXED = 160
+LOSSY = 30
+TOTAL_EXAMPLES = PER_FAMILY * len(FAMILIES) + MIXED + LOSSY
+HARDWARE = ("a100", "h100", "t4", "edge-npu", "ethos-u55", "eyeriss", "tpu-v4")
+SPEED = CompileOptions(time_limit_s=2)
+
+_PHASES = (Phase.explicit, Phase.generate, Phase.shrink) if os.environ.get("MAPPER_SHRINK") \
+    else (Phase.explicit, Phase.generate)
+
+
+def _settings(examples: int) -> settings:
+    return settings(max_examples=examples, deadline=None, derandomize=True, phases=_PHASES,
+                    print_blob=False, suppress_health_check=[
+                        HealthCheck.too_slow, HealthCheck.data_too_large,
+                        HealthCheck.function_scoped_fixture])
+
+
+def _check_compile(model: onnx.ModelProto, directory: Path, hardware: str = "a100",
+                   options: CompileOptions = SPEED) -> None:
+    """The three properties, for one graph."""
+    source = directory / "in.onnx"
+    onnx.save(model, str(source))
+    out = directory / "out"
+    code, message = compile_exit(source, hardware, out, options)
+    assert code == 0, f"exit {code} on {hardware}: {message}\n{onnx.printer.to_text(model.graph)}"
+    check = verify_plan(out / "model.onnx", out / "plan.json")
+    assert check.ok, f"verify-plan on {hardware}: {check.violations[:5]}"
+    result = verify_models(source, out / "model.onnx", dims=dict(options.dims))
+    assert result.ok, [o for o in result.outputs if not o.ok]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_op_family_compiles_verifies_and_matches(family, tmp_path_factory):
+    @_settings(PER_FAMILY)
+    @given(graphs(families=FAMILIES[family], max_ops=12, first=FAMILIES[family][0]))
+    def check(model: onnx.ModelProto) -> None:
+        _check_compile(model, tmp_path_factory.mktemp(family))
+
+    check()
+
+
+@given(model=graphs(families=tuple(OPS), max_ops=30), hardware=st.sampled_from(HARDWARE),
+       precision=st.sampled_from(["model", "fp16", "bf16", "int8"]),
+       scratchpad=st.sampled_from([None, 4096, 65536]), dynamic=st.booleans())
+@_settings(MIXED)
+def test_mixed_graphs_on_every_kind_of_hardware(tmp_path_factory, model, hardware, precision,
+                                                scratchpad, dynamic):
+    dims: dict[str, int] = {}
+    if dynamic:
+        model, dims = make_dynamic(model)
+    options = CompileOptions(time_limit_s=2, precision=precision, scratchpad=scratchpad,
+                             dims=dims)
+    _check_compile(model, tmp_path_factory.mktemp("mixed"), hardware, options)
+
+
+@given(model=graphs(families=("Dense", "Relu", "Add", "Softmax"), max_ops=8, first="Dense"),
+       bits=st.sampled_from([4, 8]))
+@_settings(LOSSY)
+def test_rtn_measures_quality_and_honours_the_gate(tmp_path_factory, model, bits):
+    directory = tmp_path_factory.mktemp("rtn")
+    source = directory / "in.onnx"
+    onnx.save(model, str(source))
+    compression = {"method": "rtn", "bits": bits, "group_size": 16}
+    options = CompileOptions(time_limit_s=2, compression=CompressionConfig(**compression))
+    code, message = compile_exit(source, "a100", directory / "out", options)
+    assert code == 0, message
+    check = verify_plan(directory / "out" / "model.onnx", directory / "out" / "plan.json")
+    assert check.ok, check.violations[:5]
+    import json
+
+    plan = json.loads((directory / "out" / "plan.json").read_text())
+    quality = plan["compression"]["quality"]
+    assert quality["eval_samples"] > 0 and 0 < quality["mean"] <= quality["reference"] + 1e-6
+    assert plan["compression"]["bits_per_weight"] > bits
+    gated = CompileOptions(time_limit_s=2, compression=CompressionConfig(
+        **compression, max_degradation=Degradation(limit=0.0)))
+    code, message = compile_exit(source, "a100", directory / "gated", gated)
+    lossless = quality["mean"] >= quality["reference"]
+    assert code == (0 if lossless else 4), message
+    if code == 4:
+        assert not (directory / "gated").exists() and "cosine" in message
+
+
+def test_the_suite_runs_at_least_200_graphs():
+    assert TOTAL_EXAMPLES >= 200
