@@ -107,9 +107,12 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def _plan_options(command: Callable[..., Any]) -> Callable[..., Any]:
+def _plan_options(command: Callable[..., Any], own_keys: tuple[str, ...] = ()
+                  ) -> Callable[..., Any]:
     """Add every CompileOptions flag (declared once, on its config field) and --config to
-    `command`, which then receives the typed `options` instead of the raw flag values."""
+    `command`, which then receives the typed `options` instead of the raw flag values; a
+    config file's `own_keys` (the command's own settings, e.g. a study's models) go to it as
+    `config_extra`."""
     names = flags.params_of(CompileOptions)
 
     @functools.wraps(command)
@@ -124,6 +127,9 @@ def _plan_options(command: Callable[..., Any]) -> Callable[..., Any]:
             log.warning("settings from %s (--no-config ignores it)", DEFAULT_CONFIG)
         raw = {name: values.pop(name) for name in names}
         base = _read_config(config_path) if config_path is not None else {}
+        extra = {key: base.pop(key) for key in own_keys if key in base}
+        if own_keys:
+            values["config_extra"] = extra
         where = f"config file {str(config_path)!r}" if config_path is not None else "option"
         if base:
             flags.check_keys(CompileOptions, base, where)
@@ -182,28 +188,95 @@ def compile_command(model: Path, hardware: str, output: Path, options: CompileOp
                                                        "summary": result.summary})
 
 
+_STUDY_KEYS = ("models", "hardware", "sweeps")
+
+
+def _study_inputs(models: tuple[Path, ...], hardware: str | None, sweeps: tuple[str, ...],
+                  extra: dict[str, Any]) -> tuple[list[str], list[str], list[Any]]:
+    """Models, hardware and sweeps from the flags, else from the study file (`models:`,
+    `hardware:`, `sweeps: {PATH: [V1, V2]}`)."""
+    from mapper.study import parse_sweep
+
+    def listed(value: Any) -> list[str]:
+        items = value.split(",") if isinstance(value, str) else list(value or ())
+        return [str(item).strip() for item in items if str(item).strip()]
+
+    names = [str(m) for m in models] or listed(extra.get("models"))
+    specs = listed(hardware) if hardware else listed(extra.get("hardware"))
+    texts = list(sweeps)
+    if not texts and isinstance(extra.get("sweeps"), dict):
+        texts = [f"{path}={','.join(listed(values))}" for path, values in
+                 extra["sweeps"].items()]
+    return names, specs, [parse_sweep(text) for text in texts]
+
+
+def _study_table(rows: list[dict[str, Any]], paths: list[str]) -> list[list[str]]:
+    """The study as printed columns (header first)."""
+    many_models = len({row["model"] for row in rows}) > 1
+    header = [*(["MODEL"] if many_models else []), "HARDWARE", *(p.upper() for p in paths),
+              "LATENCY", "OFF-CHIP", "PEAK MEMORY", "FITS", "MANAGED LEVEL", "NOT OK"]
+    table = [header]
+    for row in rows:
+        not_ok = [f"{name}:{status}" for name, status in (row.get("passes") or {}).items()
+                  if status not in ("ok", "skipped")]
+        if row["status"] == "failed":
+            not_ok = [f"failed (exit {row['exit_code']})"]
+        table.append([
+            *([Path(row["model"]).name] if many_models else []),
+            row.get("hardware") or row["hardware_spec"],
+            *(row["settings"].get(p, "") for p in paths),
+            format_time(row["latency_s"]) if row.get("latency_s") is not None else "-",
+            format_size(row["offchip_bytes"]) if row.get("offchip_bytes") is not None else "-",
+            format_size(row["peak_device_bytes"]) if row.get("peak_device_bytes") is not None
+            else "-",
+            {True: "yes", False: "NO"}.get(row.get("fits"), "-"),
+            format_size(row["scratchpad_bytes"]) if row.get("scratchpad_bytes") else "-",
+            " ".join(not_ok) or "-"])
+    return table
+
+
 @cli.command("study")
-@click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
-@click.option("--hw", "hardware", required=True, metavar="A,B",
-              help="Hardware models to compare: built-in names or YAML files, comma-separated.")
+@click.argument("models", nargs=-1, type=click.Path(path_type=Path, dir_okay=True))
+@click.option("--hw", "hardware", metavar="A,B",
+              help="Hardware models to compare: built-in names or YAML files, comma-separated "
+              "(or `hardware:` in the study file).")
 @click.option("--sweep", "sweeps", multiple=True, metavar="PATH=V1,V2",
-              help="Hardware field and the values to try, e.g. memory.l2.size=20MiB,40MiB; "
-              "'scratchpad=...' sets each device's managed level. Repeatable: every "
-              "combination is planned.")
-@_plan_options
+              help="A field and the values to try: a hardware field (memory.l2.size=20MiB,40MiB), "
+              "'scratchpad=...' for each device's managed level, or a compile option by its "
+              "config path (compression.bits=2,3,4). Repeatable: every combination is planned.")
+@functools.partial(_plan_options, own_keys=_STUDY_KEYS)
+@click.option("--jobs", "workers", type=click.IntRange(min=1), default=None,
+              help="Local worker processes [default: the CPU count].")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Where jobs run: a local process pool, or a Ray cluster "
+              "(pip install 'mapper[ray]').")
+@click.option("--address", metavar="HOST:PORT",
+              help="The Ray cluster to join (default: a local one started for the study).")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Cache of job results by content [default: ~/.cache/mapper/study].")
+@click.option("--no-cache", is_flag=True, help="Run every job; read and write no cache.")
+@click.option("--fail-fast", is_flag=True,
+              help="Stop at the first failing job and exit with its code (default: record it "
+              "and go on).")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the table as CSV to this file.")
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path),
-              help="Write results.csv and results.jsonl into this directory: new, empty, or an "
-              "earlier mapper result.")
+              help="Write results.jsonl/csv, pareto.csv, plots and report.html into this "
+              "directory: new, empty, or an earlier mapper result.")
 @click.option("--force", is_flag=True,
               help="Let -o/--csv write where something that is not an earlier mapper result "
               "is (a file mapper did not write is never replaced in a directory).")
 @click.option("--json", "as_json", is_flag=True, help="Print the study as one JSON object.")
-def study_command(model: Path, hardware: str, sweeps: tuple[str, ...],
-                  options: CompileOptions, csv_path: Path | None, output: Path | None,
-                  force: bool, as_json: bool) -> None:
-    """Plan MODEL for several hardware models and field sweeps; tabulate the estimates."""
+def study_command(models: tuple[Path, ...], hardware: str | None, sweeps: tuple[str, ...],
+                  options: CompileOptions, config_extra: dict[str, Any], workers: int | None,
+                  executor: str, address: str | None, cache_dir: Path | None, no_cache: bool,
+                  fail_fast: bool, csv_path: Path | None, output: Path | None, force: bool,
+                  as_json: bool) -> None:
+    """Plan MODEL(s) for several hardware models and sweeps, as cached jobs; tabulate, plot
+    and report the estimates (`--config study.yaml` holds models, hardware, sweeps too)."""
+    import os
+
+    from mapper.errors import JobFailedError
     from mapper.outputs import (
         check_output_dir,
         check_output_file,
@@ -211,49 +284,111 @@ def study_command(model: Path, hardware: str, sweeps: tuple[str, ...],
         write_output_dir,
         write_output_file,
     )
-    from mapper.study import parse_sweep, points_csv, points_jsonl, run_study
+    from mapper.study import (
+        Cache,
+        default_cache_dir,
+        progress_printer,
+        run_local,
+        run_ray,
+        run_study,
+    )
+    from mapper.study.outputs import results_csv, sweep_paths, winner
+    from mapper.study.report import write_study_dir
 
-    study_csv = first_line_is("hardware,")
+    if address is not None and executor != "ray":
+        raise UserError("--address joins a Ray cluster: add --executor ray")
+    names, specs, parsed = _study_inputs(models, hardware, sweeps, config_extra)
+    study_csv = first_line_is("model,hardware")
     if csv_path is not None:
         check_output_file(csv_path, force=force, ours=study_csv, what="CSV")
     if output is not None:
         check_output_dir(output, force)
-
-    parsed = [parse_sweep(text) for text in sweeps]
-    points = run_study(model, [h.strip() for h in hardware.split(",") if h.strip()], parsed,
-                       options)
+    runner = run_ray(address) if executor == "ray" else run_local(workers or os.cpu_count() or 1)
+    cache = None if no_cache else Cache(cache_dir or default_cache_dir())
+    progress, close = progress_printer()
+    try:
+        result = run_study(names, specs, parsed, options, runner=runner, cache=cache,
+                           fail_fast=fail_fast, progress=progress)
+    finally:
+        close()
+    rows = list(result.rows)
     if csv_path is not None:
-        write_output_file(csv_path, points_csv(points), force=force, ours=study_csv, what="CSV")
+        write_output_file(csv_path, results_csv(rows), force=force, ours=study_csv, what="CSV")
     if output is not None:
-        def write_results(tmp: Path) -> None:
-            (tmp / "results.csv").write_text(points_csv(points))
-            (tmp / "results.jsonl").write_text(points_jsonl(points))
-
-        write_output_dir(output, write_results, force=force)
+        write_output_dir(output, lambda tmp: write_study_dir(result, tmp), force=force)
+    best, verdict = winner(rows)
+    failure = result.first_failure if fail_fast else None
+    summary = {"jobs": len(rows), "ran": result.ran, "cached": result.cached,
+               "failed": result.failed, "stopped_early": result.stopped_early,
+               "winner": best["key"] if best else None, "verdict": verdict,
+               "failures": [{"index": r["index"], "model": r["model"],
+                             "hardware": r["hardware_spec"], "settings": r["settings"],
+                             "exit_code": r["exit_code"], "error": r["error"]}
+                            for r in rows if r["status"] == "failed"],
+               "sweeps": {s.path: list(s.values) for s in parsed}, "rows": rows}
+    if failure is not None:
+        raise JobFailedError(f"job {failure['index']} ({failure['hardware_spec']} "
+                             f"{failure['settings']}) failed: {failure['error']}",
+                             failure["exit_code"], details={"study": summary})
     if as_json:
-        emit_json({"model": str(model), "sweeps": {s.path: list(s.values) for s in parsed},
-                    "points": [p.to_dict() for p in points]})
+        emit_json(summary)
         return
-    fields = [s.path for s in parsed]
-    header = ["HARDWARE", *(f.upper() for f in fields), "LATENCY", "OFF-CHIP", "PEAK MEMORY",
-              "MANAGED LEVEL", "NOT OK"]
-    rows = [header]
-    for p in points:
-        settings = dict(p.settings)
-        not_ok = [f"{name}:{status}" for name, status in p.passes
-                  if status not in ("ok", "skipped")]
-        rows.append([p.hardware, *(settings[f] for f in fields),
-                     format_time(p.latency_s) if p.latency_s is not None else "-",
-                     format_size(p.offchip_bytes) if p.offchip_bytes is not None else "-",
-                     format_size(p.peak_device_bytes) if p.peak_device_bytes is not None
-                     else "-",
-                     format_size(p.scratchpad_bytes) if p.scratchpad_bytes else "-",
-                     " ".join(not_ok) or "-"])
-    _echo_columns(rows)
+    _echo_columns(_study_table(rows, sweep_paths(rows)))
+    click.echo(f"{len(rows)} jobs: {result.ran} ran, {result.cached} cached, {result.failed} "
+               f"failed in {result.seconds:.1f} s; {verdict}")
+    for row in summary["failures"]:
+        click.echo(f"  failed: job {row['index']} {row['hardware']} {row['settings'] or ''} "
+                   f"exit {row['exit_code']}: {row['error']}")
     if csv_path is not None:
         click.echo(f"csv: {csv_path}")
     if output is not None:
-        click.echo(f"results: {output}")
+        click.echo(f"results: {output} (report.html)")
+
+
+@cli.command("compare")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
+@click.option("--hw", "hardware", required=True, metavar="A,B,C",
+              help="Hardware models to compare side by side, comma-separated.")
+@_plan_options
+@click.option("--jobs", "workers", type=click.IntRange(min=1), default=None,
+              help="Local worker processes [default: the CPU count].")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
+def compare_command(model: Path, hardware: str, options: CompileOptions, workers: int | None,
+                    as_json: bool) -> None:
+    """MODEL on several hardware models: the headline figures side by side, winner marked."""
+    import os
+
+    from mapper.study import run_local, run_study
+    from mapper.study.outputs import winner
+
+    specs = [h.strip() for h in hardware.split(",") if h.strip()]
+    result = run_study([str(model)], specs, [], options,
+                       runner=run_local(min(workers or os.cpu_count() or 1, len(specs))))
+    rows = list(result.rows)
+    best, verdict = winner(rows)
+    if as_json:
+        emit_json({"model": str(model), "winner": best["hardware"] if best else None,
+                   "verdict": verdict, "rows": rows})
+        return
+    figures = [("latency", "latency_s", format_time), ("peak memory", "peak_device_bytes",
+                                                       format_size),
+               ("off-chip", "offchip_bytes", format_size),
+               ("weights", "weight_bytes", format_size)]
+    names = [(row.get("hardware") or row["hardware_spec"])
+             + (" *" if best is not None and row["key"] == best["key"] else "") for row in rows]
+    table = [["", *names]]
+    for title, column, fmt in figures:
+        values = [row.get(column) for row in rows]
+        lowest = min((v for v in values if v is not None), default=None)
+        marked = len({v for v in values if v is not None}) > 1  # no mark when all equal
+        table.append([title, *("-" if v is None else fmt(v) + (" <" if marked and v == lowest
+                                                                else "") for v in values)])
+    table.append(["fits", *({True: "yes", False: "NO"}.get(row.get("fits"), "-")
+                            for row in rows)])
+    table.append(["status", *(row["status"] if row["status"] == "ok"
+                              else f"failed (exit {row['exit_code']})" for row in rows)])
+    _echo_columns(table)
+    click.echo(f"* winner: {verdict}; < marks the lowest of each figure")
 
 
 @cli.command("verify")

@@ -55,3 +55,14 @@ class TimeLimitError(MapperError):
 
     exit_code = 5
     kind = "time_limit"
+
+
+class JobFailedError(MapperError):
+    """A study job failed under `--fail-fast`: the study exits with that job's own code."""
+
+    kind = "study_job"
+
+    def __init__(self, message: str, exit_code: int, *,
+                 details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message, details=details)
+        self.exit_code = exit_code

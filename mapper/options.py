@@ -38,8 +38,8 @@ class TilingConfig(BaseModel):
         True, description="tile a dtype the hardware lacks in the nearest one it has "
         "(recorded per kernel); False: fail with exit 3 instead")
     problem_time_limit_s: float = Field(
-        5.0, gt=0, description="wall-clock cap of one problem's CP-SAT solve; the pass as a "
-        "whole stays within time_limit_s")
+        5.0, gt=0, description="wall-clock cap of one problem's CP-SAT solve (at least 0.5 s "
+        "however small time_limit_s is, so a tiny --time-limit may be exceeded slightly)")
     problem_deterministic_s: float = Field(
         5.0, gt=0, description="CP-SAT deterministic-time limit of one problem's solve (what "
         "keeps plans reproducible; the wall-clock cap only guards against slow machines)")

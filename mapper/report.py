@@ -191,7 +191,9 @@ def render_report(plan: dict[str, Any]) -> str:
     card_html = "".join(f"<div class='card'><span class='muted'>{escape(k)}</span>"
                         f"<b>{escape(v)}</b></div>" for k, v in cards)
     pass_rows = [[p["name"], p["status"], f"{p['seconds']:.3f} s",
-                  (f"{p['solver']['name']} {p['solver']['status']}" if p["solver"] else "-"),
+                  (f"{p['solver']['name']} {p['solver']['status']}"
+                   + (f" ({p['solver']['scope']})" if p["solver"].get("scope") else "")
+                   if p["solver"] else "-"),
                   "; ".join(p["notes"]) or "-"] for p in plan["passes"]]
     notes = plan["model"].get("load_notes") or []
     notes_html = ("<ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>"
