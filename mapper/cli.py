@@ -170,9 +170,14 @@ def compile_command(model: Path, hardware: str, output: Path, options: CompileOp
     import time
 
     from mapper.driver import compile_model
+    from mapper.progress import PassProgress
 
     started = time.perf_counter()
-    result = compile_model(model, hardware, output, options, force=force)
+    progress = PassProgress()
+    try:
+        result = compile_model(model, hardware, output, options, force=force, progress=progress)
+    finally:
+        progress.close()
     _warn_unfit(result.summary)
     violated = budgets.failed(result.summary["budgets"])
     if not as_json:

@@ -28,7 +28,14 @@ from mapper.passes.memory import MemoryPass
 from mapper.passes.moe import MoePass
 from mapper.passes.rtn import RtnPass
 from mapper.passes.tiling import TilingPass
-from mapper.pipeline import InternalError, Pass, PassContext, PipelineOutcome, run_pipeline
+from mapper.pipeline import (
+    InternalError,
+    Pass,
+    PassContext,
+    PipelineOutcome,
+    ProgressHook,
+    run_pipeline,
+)
 from mapper.plan import build_plan, dumps
 from mapper.plan_schema import check_plan
 from mapper.report import render_report
@@ -140,14 +147,15 @@ def load_for(model_path: str | Path, options: CompileOptions) -> LoadedModel:
 
 
 def plan_loaded(loaded: LoadedModel, hardware: Hardware, options: CompileOptions,
-                model_path: str) -> tuple[dict[str, Any], PipelineOutcome]:
+                model_path: str, progress: ProgressHook | None = None
+                ) -> tuple[dict[str, Any], PipelineOutcome]:
     """Run the pipeline on an already loaded model; the plan and the pipeline's outcome."""
     sparse = hardware.compute.group_sparse_kernels
     view = GraphView.from_model(loaded.model, options.precision,
                                 sparse.efficiency if sparse is not None else None)
     context = PassContext(model=loaded.model, view=view, hardware=hardware, options=options,
                           order=view.model_order)
-    outcome = run_pipeline(PIPELINE, context)
+    outcome = run_pipeline(PIPELINE, context, progress)
     plan = build_plan(loaded, hardware, outcome, model_path)
     plan["budgets"] = budgets.evaluate(plan, options.budgets)
     try:
@@ -159,7 +167,8 @@ def plan_loaded(loaded: LoadedModel, hardware: Hardware, options: CompileOptions
 
 
 def compile_model(model_path: str | Path, hardware: str, output_dir: str | Path,
-                  options: CompileOptions | None = None, force: bool = False) -> CompileResult:
+                  options: CompileOptions | None = None, force: bool = False,
+                  progress: ProgressHook | None = None) -> CompileResult:
     """Compile `model_path` for `hardware` into `output_dir` (model.onnx, plan.json, report).
 
     `output_dir` must be new, empty or an earlier mapper result (mapper.outputs); `force` lets
@@ -169,7 +178,7 @@ def compile_model(model_path: str | Path, hardware: str, output_dir: str | Path,
     check_output_dir(output_dir, force)
     hw = resolve_hardware(hardware, options)
     loaded = load_for(model_path, options)
-    plan, outcome = plan_loaded(loaded, hw, options, str(model_path))
+    plan, outcome = plan_loaded(loaded, hw, options, str(model_path), progress)
     model = _reorder(outcome.model, outcome.order)
     out = Path(output_dir)
     write_output_dir(out, lambda tmp: _write_outputs(tmp, model, plan, outcome.artifacts),

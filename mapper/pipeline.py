@@ -12,7 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from onnx import ModelProto
 
@@ -234,7 +234,18 @@ class PipelineOutcome:
     artifacts: Mapping[str, bytes] = field(default_factory=dict)
 
 
-def run_pipeline(pipeline: Sequence[Pass], context: PassContext) -> PipelineOutcome:
+class ProgressHook(Protocol):
+    """Told when each pass starts and ends (mapper.progress shows it on stderr)."""
+
+    def start(self, name: str, index: int, total: int) -> None:
+        """Pass `name`, the index-th of `total`, begins."""
+
+    def end(self, name: str) -> None:
+        """Pass `name` finished (or failed)."""
+
+
+def run_pipeline(pipeline: Sequence[Pass], context: PassContext,
+                 progress: ProgressHook | None = None) -> PipelineOutcome:
     """Run the selected passes in pipeline order, threading model, order and plan through."""
     selected = {p.name for p in select_passes(pipeline, context.options)}
     records: list[PassRecord] = []
@@ -250,6 +261,8 @@ def run_pipeline(pipeline: Sequence[Pass], context: PassContext) -> PipelineOutc
             records.append(PassRecord(current.name, "skipped", time.perf_counter() - started,
                                       None, (reason,)))
             continue
+        if progress is not None:
+            progress.start(current.name, len(ran) + 1, len(selected))
         try:
             result = current(context)
         except MapperError as error:
@@ -262,6 +275,9 @@ def run_pipeline(pipeline: Sequence[Pass], context: PassContext) -> PipelineOutc
                 f"internal error in pass {current.name}{after}: {type(error).__name__}: {error}. "
                 "This is a bug in mapper: please report it with the model and command "
                 "(rerun with --debug for the traceback)") from error
+        finally:
+            if progress is not None:
+                progress.end(current.name)
         ran.append(current.name)
         sections.update(result.sections)
         artifacts.update(result.artifacts)

@@ -126,7 +126,7 @@ def test_arena_pass_records_its_scope():
     loaded = load_model(build.save(tiny_model(), _tmp() / "tiny.onnx"))
     view = GraphView.from_model(loaded.model)
     result = ArenaPass()(_context(loaded.model, view, load_hardware("a100"), time_limit_s=1))
-    assert result.solver is not None and result.solver.scope == "fixed order"
+    assert result.solver is not None and result.solver.scope == "the fixed order"
     assert "for the fixed order" in result.notes[0]
 
 
@@ -152,7 +152,7 @@ def test_moe_staged_longer_limit_never_worse():
                for limit in (1.0, 3.0)]
     for result in results:
         check_placement(result.placement, spec.experts, 4)
-        assert result.scope.startswith("staged search") and result.bound is None
+        assert result.scope.startswith("the staged search") and result.bound is None
     assert results[1].objective <= results[0].objective
     assert results[1].rungs > results[0].rungs
 
@@ -168,4 +168,4 @@ def test_tiling_longer_limit_never_worse():
                    .solver for limit in (0.05, 5.0))
     assert short is not None and long is not None
     assert long.objective <= short.objective
-    assert short.scope == long.scope == "per problem"
+    assert short.scope == long.scope == "each problem alone"

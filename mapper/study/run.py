@@ -124,6 +124,13 @@ def default_cache_dir() -> Path:
 Runner = Callable[[Sequence[Job]], Iterator[dict[str, Any]]]
 
 
+def _one_thread_each() -> None:
+    """A pool worker's native libraries (BLAS, OpenMP) use one thread: the pool is the
+    parallelism, and more threads per worker only contend for the same cores."""
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"
+
+
 def run_local(jobs: int) -> Runner:
     """Jobs on a local process pool of `jobs` workers (in this process when 1), yielded as
     they finish."""
@@ -137,7 +144,8 @@ def run_local(jobs: int) -> Runner:
 
         # spawn: onnxruntime and OR-Tools hold threads that fork would copy half-way.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                                 initializer=_one_thread_each) as pool:
             futures: set[Future[dict[str, Any]]] = {pool.submit(run_job, j) for j in pending}
             try:
                 while futures:

@@ -14,7 +14,7 @@ from mapper.units import format_size
 
 # What the arena's status and bound are proven for: the buffers' lifetimes on the schedule
 # the pass receives (another order has other lifetimes).
-SCOPE = "fixed order"
+SCOPE = "the fixed order"
 
 
 def activation_buffers(view: GraphView, order: Sequence[str]) -> list[Buffer]:
@@ -68,7 +68,7 @@ class ArenaPass(Pass):
         proof = "OPTIMAL" if result.optimal else "FEASIBLE"
         notes = [f"{format_size(result.size)} for {len(buffers)} activations, {gap:.2%} over "
                  f"the lower bound (greedy-by-size {format_size(result.greedy_by_size)}); "
-                 f"{proof} for the {SCOPE}",
+                 f"{proof} for {SCOPE}",
                  f"arena {result.size} bytes for {len(buffers)} activations: "
                  f"{gap:.2%} over the lower bound {result.lower_bound}, greedy-by-size "
                  f"{result.greedy_by_size} ({result.method}, {result.nodes} search nodes, "

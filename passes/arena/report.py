@@ -27,7 +27,7 @@ def arena_section(plan: dict[str, Any]) -> str:
                      f"</td><td class='n'>{value:,}</td><td class='n'>{gap}</td><td>"
                      f"<svg width='370' height='14'><rect width='{bar:.1f}' height='12' "
                      "fill='#0969da'/></svg></td></tr>")
-    scope = f" for the {solver['scope']}" if solver.get("scope") else ""
+    scope = f" for {solver['scope']}" if solver.get("scope") else ""
     proof = escape(f"{solver.get('name', '?')}: {solver.get('status', '?')}{scope}") \
         if solver else ""
     return ("<h2>Activation arena</h2>"

@@ -57,14 +57,14 @@ def _merged(kept: Plan | None, found: Plan) -> Plan:
 def _scope(plan: Plan, searched: bool, moved: bool, orders: int) -> str:
     """What the plan's status and bound are proven for."""
     if plan.traffic.non_compulsory == 0:
-        return "any order (compulsory bytes only)"
+        return "every order (only compulsory bytes move)"
     if not searched:
-        return "fixed order"
+        return "the fixed order"
     if moved:
-        return f"searched order (best of {orders} orders tried)"
+        return f"the searched order (best of {orders} orders tried)"
     if orders <= 1:
-        return "fixed order (the order search found no other order to try)"
-    return f"fixed order (best of {orders} orders tried)"
+        return "the fixed order (the order search found no other order to try)"
+    return f"the fixed order (best of {orders} orders tried)"
 
 
 def plan_order(problem: Problem, capacity: int, alignment: int, budget: Budget, seed: int,

@@ -96,7 +96,7 @@ def memory_section(plan: dict[str, Any]) -> str:
     if solver and solver.get("bound") is not None:
         scope = solver.get("scope")
         proof = (f" CP-SAT {escape(str(solver['status']))}"
-                 + (f" for the {escape(str(scope))}" if scope else "")
+                 + (f" for {escape(str(scope))}" if scope else "")
                  + f"; proven lower bound {escape(format_size(solver['bound']))}"
                  + (" for that order alone" if scope and "order" in str(scope)
                     and not str(scope).startswith("any") else "") + ".")

@@ -125,8 +125,8 @@ class PlacementResult:
         """What `solver_status` and `bound` are proven for."""
         caps = "EPLB-level load caps" if self.balance == "eplb" else "relaxed load caps"
         if self.method == "joint":
-            return f"joint model within the {caps}"
-        return f"staged search within the {caps} (no optimality proof)"
+            return f"the joint model within the {caps}"
+        return f"the staged search within the {caps} (no optimality proof)"
 
 
 def weighted_cost(placement: np.ndarray, stats: TraceStats, weights: np.ndarray) -> int:

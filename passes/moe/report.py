@@ -120,7 +120,7 @@ def moe_section(plan: dict[str, Any]) -> str:
         f"{moe['devices_per_node']} per node; trace: {escape(str(trace.get('source', '?')))}, "
         f"{trace.get('tokens', '?')} tokens; method {escape(str(solver.get('method', '?')))}, "
         f"balance {escape(str(solver.get('balance', '?')))}"
-        + (f"; {escape(str(solver['status']))} for the {escape(str(solver['scope']))}"
+        + (f"; {escape(str(solver['status']))} for {escape(str(solver['scope']))}"
            if solver.get("scope") else "") + ". Transitions are the k x k expert "
         "pairs of each token between consecutive MoE layers; times are per forward pass.</p>"
         f"<table><tr><th>placement</th>{head}<th>all-to-all</th><th>expert compute</th></tr>"

@@ -27,7 +27,7 @@ from mapper.pipeline import Pass, PassContext, PassResult, SolverRecord
 
 # What the status and bound are proven for: each unique problem's tile against its own cost
 # model (the objective and bound are the sums over the kernels).
-SCOPE = "per problem"
+SCOPE = "each problem alone"
 
 
 class TilingPass(Pass):
@@ -90,7 +90,7 @@ class TilingPass(Pass):
                   else "UNKNOWN" if heuristic else "FEASIBLE")
         fallbacks = sum(1 for r in records if r["fallback"])
         notes.insert(0, f"{len(records)} kernels, {len(solver.cache)} unique problems solved, "
-                     f"{status} {SCOPE}"
+                     f"{status} for {SCOPE}"
                      + (f"; {fallbacks} in a substitute dtype" if fallbacks else ""))
         capped = sum(1 for solved in solver.cache.values() if solved.wall_capped)
         if capped:
