@@ -56,6 +56,9 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str, out: Path) -> None:
                   and points[v].get(column) is not None]
             ys = [points[values[i]][column] * scale for i in xs]
             axis.plot(xs, ys, marker="o", label=name)
+        shown = [r[column] for r in done if r.get(column) is not None and r[column] > 0]
+        if shown and max(shown) > 10 * min(shown):
+            axis.set_yscale("log")  # devices an order of magnitude apart stay readable
         axis.set_xticks(range(len(values)), values, rotation=30 if len(values) > 4 else 0)
         axis.set_xlabel(path)
         axis.set_ylabel(axis_label)
