@@ -220,7 +220,7 @@ class MemoryPass(Pass):
         scope = _scope(plan, searched, new_order is not None, len(orders))
         notes = [f"off-chip {format_size(plan.traffic.total)} with a {format_size(capacity)} "
                  f"{level} (belady {format_size(baseline.traffic.total)}, stream-all "
-                 f"{format_size(traffic_of(problem, []).total)}); {plan.status} for the "
+                 f"{format_size(traffic_of(problem, []).total)}); {plan.status} for "
                  f"{scope}",
                  f"fixed order: {fixed.status} via {fixed.stage}"
                  + (f" in {fixed.windows} windows" if fixed.windows > 1 else "")
