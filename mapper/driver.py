@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -123,12 +124,25 @@ def _check_runs(model_path: Path) -> None:
                             "with the model and command") from error
 
 
-def _write_outputs(tmp: Path, model: ModelProto, plan: dict[str, Any],
+@dataclass
+class _Pending:
+    """The optimized model until it is saved: held here alone, so that saving can let go of
+    it (and of its weights) before onnxruntime loads the file to check it."""
+
+    model: ModelProto | None
+
+
+def _write_outputs(tmp: Path, pending: _Pending, plan: dict[str, Any],
                    artifacts: Mapping[str, bytes]) -> None:
     for name, data in artifacts.items():
         (tmp / name).write_bytes(data)
     model_path = tmp / "model.onnx"
-    save_model(model, model_path)
+    if pending.model is not None:
+        save_model(pending.model, model_path)
+        # The weights stay alive as long as the proto (upb frees a message whole): drop it,
+        # or the check below holds them twice (ours and onnxruntime's).
+        pending.model = None
+        gc.collect()
     try:
         onnx.checker.check_model(str(model_path), full_check=True)
     except Exception as error:
@@ -179,8 +193,12 @@ def compile_model(model_path: str | Path, hardware: str, output_dir: str | Path,
     hw = resolve_hardware(hardware, options)
     loaded = load_for(model_path, options)
     plan, outcome = plan_loaded(loaded, hw, options, str(model_path), progress)
-    model = _reorder(outcome.model, outcome.order)
     out = Path(output_dir)
-    write_output_dir(out, lambda tmp: _write_outputs(tmp, model, plan, outcome.artifacts),
+    summary = _summary(plan, out, outcome.view)
+    pending = _Pending(_reorder(outcome.model, outcome.order))
+    artifacts = outcome.artifacts
+    # From here on `pending` is the only holder of the model (see _Pending).
+    del loaded, outcome
+    write_output_dir(out, lambda tmp: _write_outputs(tmp, pending, plan, artifacts),
                      force=force)
-    return CompileResult(output_dir=out, plan=plan, summary=_summary(plan, out, outcome.view))
+    return CompileResult(output_dir=out, plan=plan, summary=summary)
