@@ -18,7 +18,7 @@ import networkx as nx
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import ModelProto
+from onnx import ModelProto, TensorProto
 
 from mapper.errors import UserError
 from mapper.folding import fold_constants
@@ -65,8 +65,10 @@ def _read(path: Path) -> ModelProto:
     if path.stat().st_size == 0:
         raise UserError(f"model file {str(path)!r} is empty: re-export or re-download it")
     try:
-        # By path, not by bytes: external data next to the file (models over 2 GB) loads too.
-        model = onnx.load(str(path))
+        # The protobuf first, the external data (models over 2 GB) after its files are
+        # checked: onnx's own loader fails on a missing file with a message about
+        # "regular files" that names no file a user can look for.
+        model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"model file {str(path)!r} is not a readable ONNX model ({reason}): "
@@ -77,7 +79,140 @@ def _read(path: Path) -> ModelProto:
             or model.ir_version > onnx.IR_VERSION:
         raise UserError(f"model file {str(path)!r} is not a valid ONNX model (no graph, opset or "
                         "IR version): check that the file is complete and is an ONNX protobuf")
+    _load_external_data(model, path)
     return model
+
+
+def _external_location(tensor: onnx.TensorProto) -> dict[str, str] | None:
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def _load_external_data(model: ModelProto, path: Path) -> None:
+    """Read the external data files, naming the file and tensor when one is missing, short or
+    outside the model's directory (mutation tests: deleted and truncated data files)."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    base = path.parent
+    external = False
+    for tensor in _all_initializers(model.graph):
+        info = _external_location(tensor)
+        if info is None:
+            continue
+        external = True
+        location = info.get("location", "")
+        file = base / location
+        where = f"external data file {location!r} of tensor {tensor.name!r}"
+        if not location or Path(location).is_absolute() or ".." in Path(location).parts:
+            raise UserError(f"model {str(path)!r}: {where} is not a file name relative to the "
+                            "model's directory")
+        if not file.is_file():
+            raise UserError(f"model {str(path)!r}: {where} does not exist next to the model "
+                            f"(expected {str(file)!r}): copy it along with the .onnx file")
+        try:
+            offset = int(info.get("offset", "0") or 0)
+            length = int(info["length"]) if info.get("length") else None
+        except ValueError:
+            raise UserError(f"model {str(path)!r}: {where} has a non-numeric offset or length"
+                            ) from None
+        size = file.stat().st_size
+        if offset < 0 or (length is not None and length < 0) \
+                or offset + (length or 0) > size:
+            raise UserError(f"model {str(path)!r}: {where} is {size} bytes, but the tensor's "
+                            f"data is at bytes {offset}..{offset + (length or 0)}: the file is "
+                            "truncated or belongs to another export")
+    if not external:
+        return
+    try:
+        load_external_data_for_model(model, str(base))
+    except (onnx.checker.ValidationError, ValueError, OSError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserError(f"model {str(path)!r}: cannot read its external data ({reason})"
+                        ) from None
+
+
+def _all_initializers(graph: onnx.GraphProto):
+    """The initializers of `graph` and of every subgraph."""
+    yield from graph.initializer
+    for sub in iter_subgraphs(graph):
+        yield from sub.initializer
+
+
+# Limits on a static dim and on a tensor's elements: no device holds more, and a dim this
+# large is a corrupt file or a typo (the probe run and the planners would try to use it).
+MAX_DIM = 2**31 - 1
+MAX_ELEMENTS = 2**40
+_ELEM_BYTES = {TensorProto.FLOAT: 4, TensorProto.UINT8: 1, TensorProto.INT8: 1,
+               TensorProto.UINT16: 2, TensorProto.INT16: 2, TensorProto.INT32: 4,
+               TensorProto.INT64: 8, TensorProto.BOOL: 1, TensorProto.FLOAT16: 2,
+               TensorProto.DOUBLE: 8, TensorProto.UINT32: 4, TensorProto.UINT64: 8,
+               TensorProto.COMPLEX64: 8, TensorProto.COMPLEX128: 16, TensorProto.BFLOAT16: 2,
+               TensorProto.FLOAT8E4M3FN: 1, TensorProto.FLOAT8E4M3FNUZ: 1,
+               TensorProto.FLOAT8E5M2: 1, TensorProto.FLOAT8E5M2FNUZ: 1}
+_NIBBLE_TYPES = {TensorProto.INT4, TensorProto.UINT4}
+
+
+def _check_initializers(model: ModelProto, path: Path) -> None:
+    """Every initializer has a known dtype, sane dims and exactly the bytes they need.
+
+    Checked here rather than left to the ONNX checker at the end: the checker sees the
+    weights only when the file is written, where a corrupt weight would read as mapper's
+    bug (exit 1), and it never sees weights over 2 GB at all.
+    """
+    known = set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
+    for tensor in _all_initializers(model.graph):
+        where = f"model {str(path)!r}: initializer {tensor.name!r}"
+        if tensor.data_type not in known:
+            raise UserError(f"{where} has an invalid data type ({tensor.data_type})")
+        dims = list(tensor.dims)
+        if any(d < 0 for d in dims) or any(d > MAX_DIM for d in dims):
+            raise UserError(f"{where} has an impossible shape {dims} (every dim must be from 0 "
+                            f"to {MAX_DIM})")
+        count = 1
+        for d in dims:
+            count *= d
+        if count > MAX_ELEMENTS:
+            raise UserError(f"{where} has {count} elements (shape {dims}), more than any "
+                            "device holds")
+        if tensor.data_location == TensorProto.EXTERNAL or tensor.data_type == TensorProto.STRING:
+            continue
+        dtype = onnx.helper.tensor_dtype_to_string(tensor.data_type).removeprefix("TensorProto.")
+        if tensor.HasField("raw_data"):
+            if tensor.data_type in _NIBBLE_TYPES:
+                need = (count + 1) // 2
+            elif tensor.data_type in _ELEM_BYTES:
+                need = count * _ELEM_BYTES[tensor.data_type]
+            else:
+                continue
+            if len(tensor.raw_data) != need:
+                raise UserError(f"{where} holds {len(tensor.raw_data)} bytes, but its shape "
+                                f"{dims} and type {dtype} need {need}: the file is corrupt")
+        else:
+            held = max(len(tensor.float_data), len(tensor.int32_data), len(tensor.int64_data),
+                       len(tensor.double_data), len(tensor.uint64_data))
+            if held and held not in (count, count * 2) and tensor.data_type not in _NIBBLE_TYPES:
+                raise UserError(f"{where} holds {held} values, but its shape {dims} needs "
+                                f"{count}: the file is corrupt")
+
+
+def _check_with_onnx(model: ModelProto, path: Path) -> None:
+    """The ONNX checker, with its strict type and shape inference, on the model as the user
+    gave it (weights left out, so that large models cost nothing): what fails here is the
+    input's fault and exits 2 naming the node or tensor; left for the checker that runs on
+    the optimized model, it would read as a bug in mapper."""
+    light, _ = weightless_copy(model)
+    try:
+        onnx.checker.check_model(light, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError,
+            TypeError, RuntimeError) as error:  # ValueError: e.g. an UNDEFINED element type
+        text = " ".join(str(error).split())
+        raise UserError(f"model {str(path)!r} is not a valid ONNX model: {text[:500]}"
+                        ) from None
+    except UnicodeDecodeError:  # the checker's message quotes a name that is not UTF-8
+        raise UserError(f"model {str(path)!r} is not a valid ONNX model: the ONNX checker "
+                        "rejects it, and the name it reports is not valid UTF-8 text (a "
+                        "corrupt file)") from None
 
 
 def _default_opset(model: ModelProto) -> int | None:
@@ -95,6 +230,7 @@ def _check_structure(model: ModelProto, path: Path) -> None:
         node = graph.node[index]
         return node.name or f"#{index} ({node.op_type})"
 
+    _check_unique_names(graph, path, label)
     produced: dict[str, int] = {}
     for index, node in enumerate(graph.node):
         for output in node.output:
@@ -120,6 +256,35 @@ def _check_structure(model: ModelProto, path: Path) -> None:
         raise UserError(f"model {str(path)!r}: the graph has a cycle ({names}); an ONNX graph must "
                         "be acyclic, so fix the exporter or the edit that made it")
     topological_sort(graph)
+
+
+def _check_unique_names(graph: onnx.GraphProto, path: Path, label) -> None:
+    """A tensor has one source: one producing node, or one graph input or initializer of that
+    name (SSA). Two sources make every later stage wrong in its own way (a plan that reads a
+    tensor before it exists, an initializer that shadows another), so name them here. Node
+    names may repeat: the loader renames the later ones."""
+    sources: dict[str, str] = {}
+
+    def claim(name: str, what: str) -> None:
+        if not name:
+            return
+        if name in sources:
+            raise UserError(f"model {str(path)!r}: tensor {name!r} is defined twice "
+                            f"({sources[name]} and {what}); every tensor name must be defined "
+                            "once")
+        sources[name] = what
+
+    initializers = {init.name for init in graph.initializer}
+    for init in graph.initializer:
+        claim(init.name, "an initializer")
+    for init in graph.sparse_initializer:
+        claim(init.values.name, "a sparse initializer")
+    for inp in graph.input:
+        if inp.name not in initializers:  # IR < 4 lists weights as inputs too: allowed
+            claim(inp.name, "a graph input")
+    for index, node in enumerate(graph.node):
+        for output in node.output:
+            claim(output, f"an output of node {label(index)}")
 
 
 def _repair_ir3(model: ModelProto, notes: list[str]) -> None:
@@ -221,11 +386,22 @@ def _fix_dynamic_dims(model: ModelProto, spec: ShapeSpec) -> dict[str, list[int]
                 value = spec.dims[dim.dim_param]
             if value is None:
                 label = f"'{dim.dim_param}'" if dim.dim_param else "unnamed"
+                if dim.HasField("dim_value"):  # 0 or negative: not a size, treated as unknown
+                    label = f"size {dim.dim_value} in the model, not a valid size"
                 hint = f"--dim {dim.dim_param}=<size> or " if dim.dim_param else ""
                 unresolved.append(f"input {inp.name!r} dim {axis} ({label}): set it with "
                                   f"{hint}--input-shape {inp.name}=...")
                 continue
+            if value > MAX_DIM:
+                raise UserError(f"input {inp.name!r} dim {axis} is {value}, more than the "
+                                f"{MAX_DIM} any runtime indexes: a corrupt model or a typo")
             shape.append(value)
+        elements = 1
+        for value in shape:
+            elements *= value
+        if elements > MAX_ELEMENTS:
+            raise UserError(f"input {inp.name!r} of shape {shape} has {elements} elements, more "
+                            "than any device holds")
         resolved[inp.name] = shape
     unknown_dims = sorted(set(spec.dims) - named_dims)
     if unknown_dims:
@@ -317,12 +493,14 @@ def load_model(path: str | Path, spec: ShapeSpec | None = None,
     model = _read(path)
     notes: list[str] = []
     _check_structure(model, path)
+    _check_initializers(model, path)
     _repair_ir3(model, notes)
     # Upgrade while dims are still symbolic: the converter runs ONNX shape inference, which
     # with fixed dims writes wrong shapes into some If branches (Silero VAD's LSTM).
     model = upgrade_opset(model, MIN_OPSET, notes)
     _drop_subgraph_value_info(model)
     input_shapes = _fix_dynamic_dims(model, spec)
+    _check_with_onnx(model, path)
     model = normalize(model, input_shapes, notes, probe_inputs)
     for note in notes:
         log.info("load: %s", note)

@@ -134,8 +134,20 @@ def _known_types(model: ModelProto) -> dict[str, ValueInfoProto]:
     return {info.name: info for info in [*graph.input, *graph.value_info, *graph.output]}
 
 
+# The run that measures shapes feeds real arrays: inputs larger than this together are not
+# allocated (a corrupt or absurd dim must fail with a message, not exhaust the memory).
+PROBE_MAX_BYTES = 2**31
+
+
 def _probe_inputs(model: ModelProto, input_shapes: dict[str, list[int]],
                   given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    total = sum(int(np.prod(input_shapes[inp.name], dtype=object))
+                * np_dtype(inp.type.tensor_type.elem_type).itemsize
+                for inp in model.graph.input if inp.name not in given)
+    if total > PROBE_MAX_BYTES:
+        raise UserError(f"measuring the shapes ONNX inference leaves unknown needs one run on "
+                        f"{total} bytes of inputs (shapes {dict(input_shapes)}), more than the "
+                        f"{PROBE_MAX_BYTES} mapper allocates for it: check the input dims")
     feeds = {}
     for inp in model.graph.input:
         dtype = np_dtype(inp.type.tensor_type.elem_type)
@@ -196,6 +208,8 @@ def infer_static_shapes(model: ModelProto, input_shapes: dict[str, list[int]], n
         given = probe_inputs or {}
         try:
             observed = _shapes_by_execution(model, missing, input_shapes, given)
+        except UserError:
+            raise
         except Exception as error:
             reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
             on = "the --calib inputs" if given else "zero-valued inputs"
