@@ -107,7 +107,10 @@ def place_command(trace_path: Path, devices: int, devices_per_node: int | None, 
     lines = [f"{trace.num_layers} layers x {trace.num_experts} experts (top-{trace.top_k}), "
              f"{trace.tokens} tokens on {devices} devices ({per_node} per node, {hw.name}): "
              f"{placed.result.method}, {placed.result.solver_status} for "
-             f"{placed.result.scope}",
+             f"{placed.result.scope}"
+             + (f"; objective {placed.result.objective}, bound {placed.result.bound:.0f}, "
+                f"gap {100 * placed.result.gap:.2f}%" if placed.result.gap is not None
+                else ""),
              f"  {'placement':<12} {'load max/mean':>14} {'cross-device':>13} "
              f"{'cross-node':>11} {'all-to-all':>11}"]
     for name, values in rows:

@@ -101,7 +101,9 @@ class MoePass(Pass):
                  f"round-robin {metrics['baselines']['round_robin']['cross_device_fraction']:.3f})"
                  f", load max/mean {metrics['load_max_over_mean']:.3f} (EPLB "
                  f"{metrics['baselines']['eplb']['load_max_over_mean']:.3f}); "
-                 f"{result.solver_status} for {result.scope}",
+                 f"{result.solver_status} for {result.scope}"
+                 + (f", gap {100 * result.gap:.2f}% to the bound {result.bound:.0f}"
+                    if result.gap is not None else ""),
                  f"{len(layers)} MoE layers x {first.num_experts} experts (top-{first.top_k}) on "
                  f"{devices} devices, {per_node} per node; trace: {trace.source}, "
                  f"{trace.tokens} tokens",

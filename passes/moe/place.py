@@ -54,6 +54,7 @@ from mapper.passes.moe.cpsat import (
     solve,
     window_booleans,
 )
+from mapper.passes.moe.local import local_search, pair_bound
 from mapper.passes.moe.metrics import (
     TraceStats,
     check_placement,
@@ -119,14 +120,29 @@ class PlacementResult:
     notes: tuple[str, ...] = ()
     stages: tuple[tuple[str, int], ...] = ()  # (stage, weighted cost after it)
     rungs: int = 1  # searches of doubling budget run (see place_experts)
+    # The local-search baseline (local.py) and its objective; the result is never worse.
+    baseline: np.ndarray | None = None
+    baseline_objective: int | None = None
+    bound_source: str = "none"  # pair | cp-sat | none: which bound `bound` is
+
+    @property
+    def gap(self) -> float | None:
+        """(objective - bound) / objective; 0 when the bound proves the placement optimal."""
+        if self.bound is None:
+            return None
+        if self.objective <= 0:
+            return 0.0
+        return max(0.0, (self.objective - self.bound) / self.objective)
 
     @property
     def scope(self) -> str:
         """What `solver_status` and `bound` are proven for."""
         caps = "EPLB-level load caps" if self.balance == "eplb" else "relaxed load caps"
+        if self.solver_status == "OPTIMAL" and self.bound_source == "pair":
+            return "every placement, whatever the load caps (the per-layer-pair bound is met)"
         if self.method == "joint":
             return f"the joint model within the {caps}"
-        return f"the staged search within the {caps} (no optimality proof)"
+        return f"the staged search within the {caps}"
 
 
 def weighted_cost(placement: np.ndarray, stats: TraceStats, weights: np.ndarray) -> int:
@@ -512,66 +528,113 @@ def _ladder(total: float, first: float) -> list[float]:
 _FIRST_RUNG_S = 0.5
 
 
-def _rung(problem: PlacementProblem, options: PlaceOptions, limit: float, method: str,
-          deadline: float, kept: PlacementResult | None) -> tuple[PlacementResult, bool]:
-    """One search of `limit` seconds of estimated work, starting from `kept` (the best
-    placement of the earlier rungs) where it meets the load caps. Returns the result and
-    whether the load caps could be relaxed (a phase B ran)."""
+def _phase(problem: PlacementProblem, options: PlaceOptions, caps: np.ndarray,
+           witness: np.ndarray, balance: str, budget: WorkBudget, method: str,
+           starts: tuple[np.ndarray, ...]) -> PlacementResult:
+    """One search within one set of load caps, from the starts that meet them."""
     stats, g = problem.stats, problem.topology.num_devices
+    search = _Search(problem, caps, witness, options, budget, method)
+    best = search.search(tuple(p for p in starts if _within(p, stats, g, caps)))
+    check_placement(best, stats.num_experts, g)
+    bound = search.bound if method == "joint" else None
+    return PlacementResult(
+        placement=best, objective=search.cost(best),
+        bound=None if bound is None or not math.isfinite(bound) else float(bound),
+        solver_status=search.status if method == "joint" else "FEASIBLE",
+        fallback=not search.solved, method=method, balance=balance,
+        stages=tuple(search.stages))
+
+
+def _rung_budget(limit: float, deadline: float) -> WorkBudget:
     # The search stops on estimated work (deterministic: CP-SAT's deterministic time), so
     # the same trace and seed give the same placement on a busy machine; the wall clock is
     # only a guard against a machine far slower than the estimate assumes.
-    budget = WorkBudget(units=_WORK_SHARE * limit,
-                        deadline=min(deadline, time.perf_counter() + WALL_GUARD * limit + 5.0))
-    setup = _Search(problem, np.zeros(stats.num_layers, dtype=np.int64),
-                    eplb(stats.loads, g), options, budget, method)
-    caps = load_caps(problem, options.load_tolerance, setup)
-    relax = bool((caps.tolerance > caps.eplb).any())
-    earlier = () if kept is None else (kept.placement,)
-    # Phase A (EPLB-level balance) gets half of what is left when phase B follows.
+    return WorkBudget(units=_WORK_SHARE * limit,
+                      deadline=min(deadline, time.perf_counter() + WALL_GUARD * limit + 5.0))
+
+
+@dataclass(frozen=True, eq=False)
+class _Starts:
+    """The local-search placements at both caps (the baseline is the one the policy keeps)."""
+
+    at_eplb: PlacementResult
+    relaxed: PlacementResult | None
+
+
+def _local_starts(problem: PlacementProblem, options: PlaceOptions, caps: LoadCaps,
+                  method: str) -> _Starts:
+    """The local-search baseline (local.py) at EPLB-level caps and at the relaxed caps."""
+    stats, topology = problem.stats, problem.topology
+    weights = problem.weights()
+
+    def result(placement: np.ndarray, balance: str) -> PlacementResult:
+        check_placement(placement, stats.num_experts, topology.num_devices)
+        objective = weighted_cost(placement, stats, weights)
+        return PlacementResult(placement=placement, objective=objective, bound=None,
+                               solver_status="HEURISTIC", fallback=True, method=method,
+                               balance=balance, stages=(("local search", objective),),
+                               baseline=placement, baseline_objective=objective)
+
+    at_eplb = local_search(stats, weights, caps.eplb, caps.witness, topology.devices_per_node,
+                           options.seed)
+    relaxed = None
+    if (caps.tolerance > caps.eplb).any():
+        relaxed = local_search(stats, weights, caps.tolerance, at_eplb,
+                               topology.devices_per_node, options.seed)
+    return _Starts(result(at_eplb, "eplb"),
+                   None if relaxed is None else result(relaxed, "tolerance"))
+
+
+def _first_rung(problem: PlacementProblem, options: PlaceOptions, limit: float, method: str,
+                deadline: float, caps: LoadCaps, starts: _Starts
+                ) -> tuple[PlacementResult, PlacementResult, str]:
+    """The first rung decides the balance: phase A at EPLB-level caps, then (where the caps
+    can be relaxed) phase B at `(1 + load_tolerance) x mean`; B is kept when it cuts the
+    weighted transfers by at least `min_gain`. Returns the best placement within the kept
+    caps (never worse than that caps' local search), that local search, and a note."""
+    budget = _rung_budget(limit, deadline)
+    relax = starts.relaxed is not None
     phase_a = budget.split(0.5 if relax else 1.0)
-    first = _Search(problem, caps.eplb, caps.witness, options, phase_a, method)
-    best = first.search(tuple(p for p in earlier if _within(p, stats, g, caps.eplb)))
-    kept_search, balance, solved = first, "eplb", first.solved or setup.solved
+    first = _phase(problem, options, caps.eplb, caps.witness, "eplb", phase_a, method,
+                   (starts.at_eplb.placement,))
     budget.charge(phase_a.used)
-    notes: list[str] = []
-    if relax:
-        second = _Search(problem, caps.tolerance, caps.witness, options, budget.split(1.0),
-                         method)
-        candidate = second.search((best, *(p for p in earlier
-                                           if _within(p, stats, g, caps.tolerance))))
-        solved |= second.solved
-        cost_a, cost_b = first.cost(best), second.cost(candidate)
-        saving = 100 * (1 - cost_b / max(cost_a, 1))
-        if cost_b <= (1.0 - options.min_gain) * cost_a:
-            best, kept_search, balance = candidate, second, "tolerance"
-            notes.append(f"load caps relaxed to (1 + {options.load_tolerance:g}) x mean: "
-                         f"{saving:.1f}% fewer weighted transfers than at EPLB's balance")
-        else:
-            notes.append(f"kept EPLB-level balance: relaxing the load caps to (1 + "
-                         f"{options.load_tolerance:g}) x mean saved only {saving:.1f}% of the "
-                         f"weighted transfers (< {100 * options.min_gain:g}%)")
-    check_placement(best, stats.num_experts, g)
-    status = kept_search.status if method == "joint" else "FEASIBLE"
-    if not solved:
-        status = "HEURISTIC"
-        notes.append("the time limit ran out before CP-SAT returned a solution: heuristic "
-                     "placement")
-    bound = kept_search.bound if method == "joint" else None
-    return PlacementResult(
-        placement=best, objective=kept_search.cost(best),
-        bound=None if bound is None or not math.isfinite(bound) else float(bound),
-        solver_status=status, fallback=not solved, method=method, balance=balance,
-        notes=tuple(notes), stages=tuple(kept_search.stages)), relax
+    best_a = first if first.objective < starts.at_eplb.objective else replace(
+        starts.at_eplb, fallback=first.fallback)
+    if starts.relaxed is None:
+        return best_a, starts.at_eplb, ""
+    second = _phase(problem, options, caps.tolerance, caps.witness, "tolerance",
+                    budget.split(1.0), method, (best_a.placement, starts.relaxed.placement))
+    best_b = second if second.objective < starts.relaxed.objective else replace(
+        starts.relaxed, fallback=second.fallback)
+    best_b = best_b if best_b.objective <= best_a.objective else replace(
+        best_a, balance="tolerance", solver_status="FEASIBLE", bound=None)
+    saving = 100 * (1 - best_b.objective / max(best_a.objective, 1))
+    tol = options.load_tolerance
+    if best_b.objective <= (1.0 - options.min_gain) * best_a.objective:
+        return best_b, starts.relaxed, (
+            f"load caps relaxed to (1 + {tol:g}) x mean: {saving:.1f}% fewer weighted "
+            "transfers than at EPLB's balance")
+    return replace(best_a, fallback=best_a.fallback and second.fallback), starts.at_eplb, (
+        f"kept EPLB-level balance: relaxing the load caps to (1 + {tol:g}) x mean saved only "
+        f"{saving:.1f}% of the weighted transfers (< {100 * options.min_gain:g}%)")
+
+
+# Work budget of the load-cap setup (EPLB's packing and, where it is above the tolerance, a
+# short min-max CP-SAT per layer): fixed, so every time limit uses the same caps.
+_SETUP_S = 1.0
 
 
 def place_experts(problem: PlacementProblem, options: PlaceOptions) -> PlacementResult:
     """The best placement found within `options.time_limit_s`; valid at any time limit.
 
-    Rungs of doubling work budget (`_ladder`), each the whole search started from the best
-    placement of the earlier rungs; a rung's result replaces the kept one only when its
-    objective is strictly lower. A rung's budget never depends on the time limit, so a longer
-    limit runs the shorter one's rungs and more, and never returns a worse objective.
+    First the local-search baseline (`local.py`, fixed work, the same at any limit) at both
+    sets of load caps. Then rungs of doubling work budget (`_ladder`): the first decides the
+    balance (`_first_rung`), each later one is the whole search within the kept caps,
+    started from the best placement so far, replacing it only when strictly lower. Nothing
+    depends on the time limit but the number of rungs, so a longer limit repeats the shorter
+    one's work and adds more: never a worse objective, and never worse than the local-search
+    baseline of the kept caps. The bound is the best of the per-layer-pair bound (any load
+    caps) and CP-SAT's bound on the joint model (within the kept caps).
     """
     stats, g = problem.stats, problem.topology.num_devices
     method = choose_method(stats, problem.topology, options.method)
@@ -579,21 +642,54 @@ def place_experts(problem: PlacementProblem, options: PlaceOptions) -> Placement
         single = np.zeros_like(stats.loads)
         return PlacementResult(placement=single, objective=0, bound=0.0,
                                solver_status="OPTIMAL", fallback=False, method=method,
-                               balance="eplb")
+                               balance="eplb", bound_source="pair")
     deadline = time.perf_counter() + WALL_GUARD * options.time_limit_s + 5.0
-    kept: PlacementResult | None = None
-    rungs = 0
-    for limit in _ladder(options.time_limit_s, _FIRST_RUNG_S):
-        if kept is not None and time.perf_counter() >= deadline:
+    setup = _Search(problem, np.zeros(stats.num_layers, dtype=np.int64),
+                    eplb(stats.loads, g), options,
+                    WorkBudget(units=_SETUP_S, deadline=deadline), method)
+    caps = load_caps(problem, options.load_tolerance, setup)
+    pair = pair_bound(stats.flows, g, problem.topology.devices_per_node, problem.w_intra,
+                      problem.w_inter)
+    starts = _local_starts(problem, options, caps, method)
+    ladder = _ladder(options.time_limit_s, _FIRST_RUNG_S)
+    kept, baseline, note = _first_rung(problem, options, ladder[0], method, deadline, caps,
+                                       starts)
+    solved = setup.solved or not kept.fallback
+    notes = [note] if note else []
+    row = caps.eplb if kept.balance == "eplb" else caps.tolerance
+    cp_bound = kept.bound
+    rungs = 1
+    for limit in ladder[1:]:
+        if kept.objective <= pair or kept.solver_status == "OPTIMAL":
+            break  # proven optimal (the pair bound, or CP-SAT within the kept caps)
+        if time.perf_counter() >= deadline:
             break
-        found, relaxed = _rung(problem, options, limit, method, deadline, kept)
+        found = _phase(problem, options, row, caps.witness, kept.balance,
+                       _rung_budget(limit, deadline), method, (kept.placement,))
         rungs += 1
-        if kept is None or found.objective < kept.objective:
+        solved |= not found.fallback
+        if found.bound is not None:
+            cp_bound = max(cp_bound if cp_bound is not None else found.bound, found.bound)
+        if found.objective < kept.objective or (found.objective == kept.objective
+                                                and found.solver_status == "OPTIMAL"):
             kept = found
-        # Proven optimal within the loosest caps any later rung could use: nothing to gain.
-        if kept.solver_status == "OPTIMAL" and (kept.balance == "tolerance" or not relaxed):
-            break
-    assert kept is not None
-    return replace(kept, notes=(*kept.notes, f"{rungs} rung(s) of doubling work budget, each "
-                                "started from the best placement so far; best kept"),
-                   rungs=rungs)
+    status = "FEASIBLE" if solved else "HEURISTIC"
+    bound, source = float(pair), "pair"
+    if cp_bound is not None and cp_bound > bound:
+        bound, source = float(cp_bound), "cp-sat"
+    if kept.solver_status == "OPTIMAL":
+        bound, source = max(bound, float(kept.objective)), "cp-sat"
+    if kept.objective <= bound + 1e-6:
+        status = "OPTIMAL"
+    gap = 0.0 if kept.objective <= 0 else max(0.0, 1 - bound / kept.objective)
+    if not solved:
+        notes.append("the time limit ran out before CP-SAT returned a solution: heuristic "
+                     "placement")
+    notes.append(f"{rungs} rung(s) of doubling work budget, each started from the best "
+                 "placement so far (the first from the local-search baseline); best kept")
+    notes.append(f"objective {kept.objective}, bound {bound:.0f} ("
+                 + ("per-layer-pair bound, any load caps" if source == "pair"
+                    else "CP-SAT's bound on the joint model") + f"): gap {100 * gap:.2f}%")
+    return replace(kept, notes=tuple(notes), rungs=rungs, bound=bound, bound_source=source,
+                   solver_status=status, fallback=not solved and status != "OPTIMAL",
+                   baseline=baseline.placement, baseline_objective=baseline.objective)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from mapper.report_parts import svg_open
 from mapper.units import format_time
 
 _METRICS = (("load_max_over_mean", "load max/mean", "{:.4f}"),
@@ -32,7 +33,7 @@ def placement_heatmap(layers: list[dict[str, Any]], devices: int, per_node: int)
     row = max(3, min(16, 900 // max(len(layers), 1)))
     label = 110
     width, height = label + experts * cell + 10, 24 + len(layers) * row + 40
-    parts = [f"<svg width='{width}' height='{height}' role='img'>",
+    parts = [svg_open(width, height, "expert placement: layer by expert, colour by device"),
              f"<text x='{label}' y='14'>expert 0 .. {experts - 1} (colour: device)</text>"]
     for index, layer in enumerate(layers):
         y = 20 + index * row
@@ -64,7 +65,7 @@ def traffic_heatmap(traffic: list[list[int]], per_node: int) -> str:
     pad = 60
     size = pad + devices * cell
     biggest = max((max(row) for row in traffic), default=0) or 1
-    parts = [f"<svg width='{size + 20}' height='{size + 20}' role='img'>",
+    parts = [svg_open(size + 20, size + 20, "device-to-device transitions"),
              f"<text x='{pad}' y='12'>to device (layer l + 1)</text>",
              f"<text x='12' y='{pad + 40}' transform='rotate(-90 12 {pad + 40})'>from device"
              "</text>"]
@@ -121,10 +122,14 @@ def moe_section(plan: dict[str, Any]) -> str:
         f"{trace.get('tokens', '?')} tokens; method {escape(str(solver.get('method', '?')))}, "
         f"balance {escape(str(solver.get('balance', '?')))}"
         + (f"; {escape(str(solver['status']))} for {escape(str(solver['scope']))}"
-           if solver.get("scope") else "") + ". Transitions are the k x k expert "
+           if solver.get("scope") else "")
+        + (f"; objective {solver['objective']}, bound {solver['bound']:.0f}, gap "
+           f"{100 * solver['gap']:.2f}%" if solver.get("gap") is not None else "")
+        + ". Transitions are the k x k expert "
         "pairs of each token between consecutive MoE layers; times are per forward pass.</p>"
-        f"<table><tr><th>placement</th>{head}<th>all-to-all</th><th>expert compute</th></tr>"
-        f"{rows}</table>" + (f"<ul>{notes}</ul>" if notes else "")
+        f"<div class='scroll'><table><tr><th>placement</th>{head}<th>all-to-all</th>"
+        "<th>expert compute</th></tr>"
+        f"{rows}</table></div>" + (f"<ul>{notes}</ul>" if notes else "")
         + "<h3>Expert placement (layer x expert -> device)</h3>"
         + placement_heatmap(moe["layers"], moe["num_devices"], moe["devices_per_node"])
         + "<h3>Device-to-device transitions (summed over layer pairs)</h3>"

@@ -49,6 +49,11 @@ def solve_section(trace: RoutingTrace, *, num_devices: int, devices_per_node: in
     metrics["baselines"] = {
         name: evaluate(build(stats.loads, num_devices), stats, topology, cost).to_dict()
         for name, build in BASELINES.items()}
+    if result.baseline is not None:
+        # The chain-aware construction + swap local search the pass starts from (local.py).
+        metrics["baselines"]["local_search"] = {
+            **evaluate(result.baseline, stats, topology, cost).to_dict(),
+            "objective": result.baseline_objective}
     loads = device_loads(result.placement, stats, num_devices)
     traffic = device_traffic(result.placement, stats, num_devices)
     metrics["device_traffic"] = (traffic.sum(axis=0) if traffic.size else
@@ -66,6 +71,8 @@ def solve_section(trace: RoutingTrace, *, num_devices: int, devices_per_node: in
         "trace": {"source": trace.source, "tokens": trace.tokens, "layers": trace.num_layers},
         "solver": {"method": result.method, "balance": result.balance,
                    "objective": result.objective, "bound": result.bound,
+                   "gap": None if result.gap is None else round(result.gap, 6),
+                   "bound_source": result.bound_source,
                    "status": result.solver_status, "scope": result.scope,
                    "rungs": result.rungs, "link_weights": [w_intra, w_inter],
                    "stages": [{"stage": name, "objective": value}
