@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT := build/demo
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean browser
 
 setup: $(STAMP)
 
@@ -22,7 +22,15 @@ demo: setup
 	$(BIN)/mapper verify build/resnet_small.onnx $(DEMO_OUT)/model.onnx
 	@echo "report: $(DEMO_OUT)/report.html"
 
-test: setup
+# The browser tests of the reports drive headless Chromium (Debian's package), installed
+# here when it is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else echo "make test needs Chromium for the browser tests of the reports: run" \
+	    "'sudo apt-get install chromium' (Debian/Ubuntu), then make test again" >&2; exit 1; fi; }
+
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --durations=15
 

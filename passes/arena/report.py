@@ -5,6 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from mapper.report_parts import svg_open
 from mapper.units import format_size
 
 
@@ -25,12 +26,13 @@ def arena_section(plan: dict[str, Any]) -> str:
         bar = 360 * value / widest
         cells.append(f"<tr><td>{escape(label)}</td><td class='n'>{escape(format_size(value))}"
                      f"</td><td class='n'>{value:,}</td><td class='n'>{gap}</td><td>"
-                     f"<svg width='370' height='14'><rect width='{bar:.1f}' height='12' "
+                     f"{svg_open(370, 14, label)}<rect width='{bar:.1f}' height='12' "
                      "fill='#0969da'/></svg></td></tr>")
     scope = f" for {solver['scope']}" if solver.get("scope") else ""
     proof = escape(f"{solver.get('name', '?')}: {solver.get('status', '?')}{scope}") \
         if solver else ""
     return ("<h2>Activation arena</h2>"
             f"<p class='muted'>{len(arena['buffers'])} activation buffers in one device "
-            f"allocation; {proof}</p><table><tr><th></th><th>size</th><th>bytes</th>"
-            "<th>vs lower bound</th><th></th></tr>" + "".join(cells) + "</table>")
+            f"allocation; {proof}</p><div class='scroll'><table><tr><th></th><th>size</th>"
+            "<th>bytes</th><th>vs lower bound</th><th></th></tr>" + "".join(cells)
+            + "</table></div>")

@@ -7,6 +7,7 @@ import zlib
 from html import escape
 from typing import Any
 
+from mapper.report_parts import svg_open
 from mapper.units import format_size
 
 _COLORS = ["#0969da", "#1a7f37", "#bf3989", "#9a6700", "#8250df", "#cf222e", "#1b7c83",
@@ -30,7 +31,7 @@ def timeline_svg(memory: dict[str, Any], steps: int, width: int = 1000, height: 
     zoomed = 0 < 2 * used < capacity
     if zoomed:
         capacity = 2 * used
-    pad_l, pad_r, pad_t, pad_b = 64, 10, 10, 28
+    pad_l, pad_r, pad_t, pad_b = 84, 10, 10, 28
     plot_w, plot_h = width - pad_l - pad_r, height - pad_t - pad_b
     steps = max(1, steps)
 
@@ -40,8 +41,7 @@ def timeline_svg(memory: dict[str, Any], steps: int, width: int = 1000, height: 
     def y(address: float) -> float:
         return pad_t + plot_h * (1 - address / capacity)
 
-    parts = [f"<svg width='{width}' height='{height}' role='img' "
-             "aria-label='scratchpad residency over steps'>",
+    parts = [svg_open(width, height, "scratchpad residency over steps"),
              f"<rect x='{pad_l}' y='{pad_t}' width='{plot_w}' height='{plot_h}' fill='#f6f8fa' "
              "stroke='#d0d7de'/>"]
     for r in memory["residency"]:
@@ -54,16 +54,19 @@ def timeline_svg(memory: dict[str, Any], steps: int, width: int = 1000, height: 
             f"fill-opacity='0.75'><title>{escape(r['tensor'])}: steps {r['start']}-{r['end']}, "
             f"{format_size(size)} at {r['offset']}</title></rect>")
     for fraction in (0.0, 0.5, 1.0):
-        parts.append(f"<text x='{pad_l - 4}' y='{y(capacity * fraction) + 4:.1f}' "
+        parts.append(f"<text class='tick' x='{pad_l - 4}' y='{y(capacity * fraction) + 4:.1f}' "
                      f"text-anchor='end'>{escape(format_size(capacity * fraction))}</text>")
     if zoomed:
         parts.append(f"<text x='{pad_l + plot_w - 6}' y='{pad_t + 16}' text-anchor='end'>"
                      f"axis zoomed to 2 x the footprint; capacity "
                      f"{escape(format_size(memory['capacity']))}</text>")
-    parts.append(f"<text x='{pad_l}' y='{height - 8}'>step 0</text>"
-                 f"<text x='{width - pad_r}' y='{height - 8}' text-anchor='end'>step "
-                 f"{steps - 1}</text><text x='{pad_l + plot_w / 2}' y='{height - 8}' "
-                 "text-anchor='middle'>schedule step →</text></svg>")
+    middle = pad_t + plot_h / 2
+    parts.append(f"<text class='tick' x='{pad_l}' y='{height - 8}'>step 0</text>"
+                 f"<text class='tick' x='{width - pad_r}' y='{height - 8}' text-anchor='end'>"
+                 f"step {steps - 1}</text><text class='axis' x='{pad_l + plot_w / 2}' "
+                 f"y='{height - 8}' text-anchor='middle'>schedule step (operator) →</text>"
+                 f"<text class='axis' x='14' y='{middle}' transform='rotate(-90 14 {middle})' "
+                 "text-anchor='middle'>scratchpad address (bytes)</text></svg>")
     return "".join(parts)
 
 
@@ -88,8 +91,8 @@ def memory_section(plan: dict[str, Any]) -> str:
         rows.append(f"<tr><td>{escape(label)}</td><td class='n'>{escape(format_size(total))}"
                     f"</td><td class='n'>{total}</td><td class='n'>{escape(format_size(extra))}"
                     f"</td><td class='n'>{versus}</td></tr>")
-    table = ("<table><tr><th>plan</th><th>off-chip</th><th>bytes</th><th>non-compulsory</th>"
-             "<th>vs belady</th></tr>" + "".join(rows) + "</table>")
+    table = ("<div class='scroll'><table><tr><th>plan</th><th>off-chip</th><th>bytes</th>"
+             "<th>non-compulsory</th><th>vs belady</th></tr>" + "".join(rows) + "</table></div>")
     solver = next((p.get("solver") for p in plan.get("passes", []) if p["name"] == "memory"),
                   None)
     proof = ""

@@ -48,17 +48,25 @@ def kernels_section(plan: dict[str, Any]) -> str:
     fallbacks = [k for k in kernels if k.get("fallback")]
     unique = sum(1 for k in kernels if not k["cached"])
     gpu = "BM" in kernels[0]["tile"]
-    headers = ["node", "op", "dtype", "problem", "tile", "smem" if gpu else "scratchpad",
-               "regs", "blocks/unit", "time", "TFLOP/s", "bound", "share", "solver"]
+    # Ten columns that fit a page: the op joins its node, registers and blocks per unit share
+    # one column, the share joins the time; long node names wrap.
+    headers = ["node (op)", "dtype", "problem M×N×K", "tile", "smem" if gpu else "scratchpad",
+               "regs · blocks/unit" if gpu else "regs · blocks", "time (share)", "TFLOP/s",
+               "bound", "solver"]
     ranked = sorted(kernels, key=lambda k: (-k["est_time_s"], k["node"] or ""))
 
+    def _occupancy(k: dict[str, Any]) -> str:
+        regs, blocks = k["regs_per_thread"], k["blocks_per_unit"]
+        if regs is None and blocks is None:
+            return "-"
+        return f"{regs if regs is not None else '-'} · {blocks if blocks is not None else '-'}"
+
     def rows(selection: Sequence[dict[str, Any]]) -> list[list[Any]]:
-        return [[k["node"], k["op"], k["dtype"] + (" *" if k.get("fallback") else ""),
-                 _problem(k), _tile(k), format_size(k["smem_bytes"]),
-                 k["regs_per_thread"] if k["regs_per_thread"] is not None else "-",
-                 k["blocks_per_unit"] if k["blocks_per_unit"] is not None else "-",
-                 format_time(k["est_time_s"]), _rate(k), k["bound"],
-                 f"{100 * k['est_time_s'] / total:.1f}%" if total else "-",
+        return [[f"{k['node']} ({k['op']})", k["dtype"] + (" *" if k.get("fallback") else ""),
+                 _problem(k), _tile(k), format_size(k["smem_bytes"]), _occupancy(k),
+                 format_time(k["est_time_s"])
+                 + (f" ({100 * k['est_time_s'] / total:.1f}%)" if total else ""),
+                 _rate(k), k["bound"],
                  "cached" if k["cached"] else k.get("solver", {}).get("status", "?")]
                 for k in selection]
 
@@ -72,7 +80,7 @@ def kernels_section(plan: dict[str, Any]) -> str:
     if fallbacks:
         reasons = sorted({k["fallback"]["reason"] for k in fallbacks})
         note = ("<p>* dtype fallback: " + "; ".join(escape(r) for r in reasons) + "</p>")
-    numeric = {5, 6, 7, 8, 9, 11}
+    numeric = {4, 5, 6, 7}
     return ("<h2>Kernels (tiling)</h2>" + summary + note
             + html_table(headers, rows(ranked[:25]), numeric)
             + f"<details><summary>All {len(kernels)} kernels in schedule order</summary>"
