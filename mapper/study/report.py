@@ -8,7 +8,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from mapper.report_parts import html_table
+from mapper.report_parts import LAYOUT_STYLE, html_table
 from mapper.study import StudyResult
 from mapper.study.outputs import label, pareto, results_csv, results_jsonl, sweep_paths, winner
 from mapper.study.plots import write_plots
@@ -18,7 +18,7 @@ _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
 color:#1d2329;padding:0 1rem}h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;
 border-bottom:1px solid #d0d7de;padding-bottom:.3rem}table{border-collapse:collapse;
-font-size:.85rem;display:block;overflow-x:auto;max-width:100%}td,th{border:1px solid #d0d7de;
+font-size:.85rem}td,th{border:1px solid #d0d7de;
 padding:.25rem .5rem;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
 th{background:#f6f8fa}img{max-width:100%;height:auto;border:1px solid #d0d7de}
 .win{border-left:4px solid #1a7f37;padding:.4rem .8rem;background:#f0fff4}.muted{color:#57606a}
@@ -54,8 +54,10 @@ def render_study_report(result: StudyResult, plots: Sequence[str]) -> str:
     images = "".join(f"<h3>{escape(name.removesuffix('.png'))}</h3>"
                      f"<img src='{escape(name)}' alt='{escape(name)}'>" for name in plots)
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>mapper study</title>"
-        f"<style>{_STYLE}</style></head><body><h1>mapper study</h1>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>mapper study</title><style>{_STYLE}{LAYOUT_STYLE}</style></head><body>"
+        "<h1>mapper study</h1>"
         f"<p class='muted'>{len(rows)} jobs: {result.ran} ran, {result.cached} from the cache, "
         f"{result.failed} failed; swept: {escape(swept)}</p>"
         f"<p class='win'><b>Winner.</b> {escape(verdict)}.</p>"
