@@ -17,6 +17,7 @@ from mapper.passes.arena.report import arena_section
 from mapper.passes.memory.report import memory_section
 from mapper.passes.moe.report import moe_section
 from mapper.passes.simplify.report import simplify_section
+from mapper.passes.simplify.report import simplify_section
 from mapper.passes.tiling.report import kernels_section
 from mapper.report_parts import LAYOUT_STYLE, html_table, svg_open
 from mapper.units import format_size, format_time

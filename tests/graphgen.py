@@ -454,12 +454,18 @@ def graphs(draw, families: Sequence[str] = tuple(OPS), min_ops: int = 1, max_ops
     inner = [name for name in produced if name in b.consumed]
     if inner and draw(st.booleans()):  # an output that other nodes read as well
         outputs.append(draw(st.sampled_from(inner)))
+    float_inputs = [i.name for i in b.inputs if i.name in b.shapes]
+    if float_inputs and draw(st.integers(0, 7)) == 0:  # an input passed through as an output
+        outputs.append(draw(st.sampled_from(float_inputs)))
     graph = helper.make_graph(
         b.nodes, "random", b.inputs,
         [helper.make_tensor_value_info(name, FLOAT, list(b.shapes[name])) for name in outputs],
         b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     _check(model, b.shapes)
+    if draw(st.integers(0, 7)) == 0:  # an output declared without a shape (mapper infers it)
+        graph.output[draw(st.integers(0, len(graph.output) - 1))].type.tensor_type.ClearField(
+            "shape")
     return model
 
 

@@ -129,3 +129,32 @@ def test_rtn_measures_quality_and_honours_the_gate(tmp_path_factory, model, bits
 
 def test_the_suite_runs_at_least_200_graphs():
     assert TOTAL_EXAMPLES >= 200
+
+
+# --------------------------------------------------------------------------- regressions
+
+
+def _relu_model(extra_outputs: list[str], shaped: bool = True) -> onnx.ModelProto:
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3] if shaped else None)]
+    outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 3])
+                for name in extra_outputs]
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"], name="add")], "g", [x], outputs,
+        [numpy_helper.from_array(np.ones((2, 3), np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("passed_through", ["x", "w"])
+def test_an_input_or_weight_that_is_also_a_graph_output(tmp_path, passed_through):
+    """Was exit 1 ('plan.json breaks its schema: memory.traffic.non_compulsory' < 0): the
+    pass-through output counted as compulsory traffic that no plan ever moves."""
+    _check_compile(_relu_model([passed_through]), tmp_path)
+
+
+def test_an_output_declared_without_a_shape(tmp_path):
+    """Valid for mapper (it infers the shape); the loader's ONNX check must not reject it."""
+    _check_compile(_relu_model([], shaped=False), tmp_path)

@@ -61,9 +61,10 @@ class Problem:
         return len(self.order)
 
     def compulsory(self) -> int:
-        """Used initializers and graph inputs, plus graph outputs (CONTRACTS.md section 3)."""
-        inputs = sum(t.size for t in self.tensors.values() if not t.produced and t.uses)
-        return inputs + self.graph_output_bytes
+        """Used initializers and graph inputs, plus graph outputs (CONTRACTS.md section 3)
+        that a node writes: an output that is a graph input or initializer passed through is
+        already off-chip and moves nothing (counting it made non_compulsory negative)."""
+        return self.floor()
 
     def floor(self) -> int:
         """Bytes every plan moves: each used input/weight read once, each produced graph
