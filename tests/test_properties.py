@@ -85,6 +85,7 @@ def test_each_op_family_compiles_verifies_and_matches(family, tmp_path_factory):
     check()
 
 
+@pytest.mark.slow
 @given(model=graphs(families=tuple(OPS), max_ops=30), hardware=st.sampled_from(HARDWARE),
        precision=st.sampled_from(["model", "fp16", "bf16", "int8"]),
        scratchpad=st.sampled_from([None, 4096, 65536]), dynamic=st.booleans())
