@@ -28,6 +28,7 @@ from mapper.passes.lqlora import LqloraPass
 from mapper.passes.memory import MemoryPass
 from mapper.passes.moe import MoePass
 from mapper.passes.rtn import RtnPass
+from mapper.passes.simplify import SimplifyPass
 from mapper.passes.tiling import TilingPass
 from mapper.pipeline import (
     InternalError,
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 # The pipeline, in its fixed order: compression (rtn | gqsa | lqlora) -> moe -> tiling ->
 # memory -> arena, then the estimate that prices what they decided.
 PIPELINE: tuple[Pass, ...] = (
+    SimplifyPass(),
     RtnPass(),
     GqsaPass(),
     LqloraPass(),

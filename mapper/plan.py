@@ -13,7 +13,7 @@ from mapper.pipeline import PipelineOutcome
 
 PLAN_SCHEMA = "mapper.plan/1"
 # Sections of the contract that a pass fills; absent passes leave them null ([] for kernels).
-_SECTIONS = ("memory", "arena", "moe", "kernels", "compression", "estimate")
+_SECTIONS = ("simplify", "memory", "arena", "moe", "kernels", "compression", "estimate")
 
 
 def build_plan(loaded: LoadedModel, hardware: Hardware, outcome: PipelineOutcome,

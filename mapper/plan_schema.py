@@ -226,6 +226,10 @@ class Plan(_Section):
                                      "(`mapper schema hardware`), overrides applied")
     passes: list[PassRecord]
     schedule: Schedule
+    simplify: dict[str, Any] | None = Field(
+        None, description="the simplify pass: op counts before and after (`before`, `after`, "
+        "`nodes_before`, `nodes_after`) and nodes removed or rewrites applied per step "
+        "(`rules`)")
     memory: MemorySection | None = None
     arena: ArenaSection | None = None
     moe: MoeSection | None = None

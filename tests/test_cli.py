@@ -36,9 +36,10 @@ def test_compile_writes_model_plan_report(tmp_path):
     assert plan["hardware"]["name"] == "a100-80gb"
     assert plan["estimate"]["latency_s"] > 0
     statuses = {p["name"]: p["status"] for p in plan["passes"]}
-    assert list(statuses) == ["moe", "tiling", "memory", "arena", "estimate"]
+    assert list(statuses) == ["simplify", "moe", "tiling", "memory", "arena", "estimate"]
     assert statuses["moe"] == "skipped"  # not an MoE model, and --devices not given
-    assert all(statuses[name] == "ok" for name in ("tiling", "memory", "arena", "estimate"))
+    assert all(statuses[name] == "ok"
+               for name in ("simplify", "tiling", "memory", "arena", "estimate"))
     assert "<svg" in (out / "report.html").read_text()
     verify = run_mapper("verify", model, str(out / "model.onnx"))
     assert verify.code == 0, verify.stderr + verify.stdout

@@ -1,0 +1,105 @@
+"""Simplify pass: the graph that will actually run, before anything plans or prices it.
+
+A runtime folds and fuses before it runs a model (onnxruntime's basic offline level folds
+every BatchNormalization into its convolution: the model-zoo ResNet-50 goes from 176 nodes
+to 123), and every later pass should plan the tensors that runtime writes, not the ones the
+exporter wrote. This pass rewrites the model, losslessly and in standard ONNX ops only (so
+the output runs anywhere): constant folding, BatchNormalization folded into Conv/Gemm,
+Identity/Dropout and no-op Reshape/Cast/Expand/Transpose removed, dead code and common
+subexpressions eliminated, MatMul+Add fused into Gemm for 2-D operands. The work is the
+onnxscript optimizer's and rewriter's (`optimize`); only the rules it lacks are here
+(`rules`). The rewritten model is re-normalized by the loader's own `normalize` (folded,
+static shapes with value_info for every tensor, sorted, every node named).
+
+`plan.simplify` records the op counts before and after and what each step did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from onnx import ModelProto
+
+from mapper.pipeline import Pass, PassContext, PassResult
+
+log = logging.getLogger(__name__)
+
+# Above this many weight bytes the pass steps aside: the rewrite holds a second copy of the
+# weights while the loaded model is still alive, and big models (transformers) have little
+# for it to do (no BatchNormalization; their MatMuls are 3-D).
+MAX_WEIGHT_BYTES = 2**30
+
+
+def op_counts(model: ModelProto) -> dict[str, int]:
+    """Main-graph nodes per op type (a domain other than ONNX's prefixes the name)."""
+    counts = Counter(f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx")
+                     else node.op_type for node in model.graph.node)
+    return dict(sorted(counts.items()))
+
+
+def _input_shapes(model: ModelProto) -> dict[str, list[int]]:
+    initializers = {init.name for init in model.graph.initializer}
+    return {inp.name: [d.dim_value for d in inp.type.tensor_type.shape.dim]
+            for inp in model.graph.input if inp.name not in initializers}
+
+
+def _keep_known_shapes(model: ModelProto, original: ModelProto) -> None:
+    """Carry the original's static types of tensors that still exist under the same name
+    (contrib ops, data-dependent shapes): ONNX inference need not rediscover them."""
+    produced = {out for node in model.graph.node for out in node.output}
+    known = {info.name for info in model.graph.value_info} | {o.name for o in model.graph.output}
+    for info in original.graph.value_info:
+        if info.name in produced and info.name not in known:
+            model.graph.value_info.append(info)
+
+
+def _probe_inputs(context: PassContext) -> dict[str, Any] | None:
+    if context.options.calib is None:
+        return None
+    from mapper.calibration import first_sample, load_calibration
+
+    return first_sample(load_calibration(context.options.calib))
+
+
+class SimplifyPass(Pass):
+    """Lossless graph optimization (onnxscript optimizer and rewriter), first in the
+    pipeline: what it returns is what mapper emits and every later pass plans."""
+
+    name = "simplify"
+    description = ("lossless graph optimization: constant folding, BatchNormalization into "
+                   "Conv/Gemm, Identity/Dropout/no-op removal, dead code, CSE, MatMul+Add -> "
+                   "Gemm (standard ONNX ops only)")
+    writes = ("simplify",)
+
+    def skip_reason(self, context: PassContext) -> str | None:
+        """Models whose weights would be held twice past MAX_WEIGHT_BYTES are left as loaded."""
+        weights = context.view.weight_bytes()
+        if weights > MAX_WEIGHT_BYTES:
+            return (f"weights of {weights / 2**30:.2f} GiB: simplifying would hold a second "
+                    f"copy of them (limit {MAX_WEIGHT_BYTES / 2**30:.0f} GiB)")
+        return None
+
+    def run(self, context: PassContext) -> PassResult:
+        """Simplify, re-normalize, and record the op counts on both sides."""
+        from mapper.loader import normalize
+        from mapper.passes.simplify.optimize import simplify_model
+
+        original = context.model
+        before = op_counts(original)
+        simplified = simplify_model(original)
+        model = simplified.model
+        _keep_known_shapes(model, original)
+        notes: list[str] = []
+        model = normalize(model, _input_shapes(original), notes, _probe_inputs(context))
+        after = op_counts(model)
+        section = {"nodes_before": len(original.graph.node), "nodes_after": len(model.graph.node),
+                   "before": before, "after": after, "rules": simplified.rules}
+        changed = section["nodes_before"] != section["nodes_after"] or before != after \
+            or bool(simplified.rules)
+        summary = (f"{section['nodes_before']} -> {section['nodes_after']} nodes"
+                   + (f" ({', '.join(f'{k}: {v}' for k, v in simplified.rules.items())})"
+                      if simplified.rules else " (nothing to simplify)"))
+        return PassResult(sections={"simplify": section}, model=model if changed else None,
+                          notes=(summary, *notes))
