@@ -103,8 +103,10 @@ def simplify_ir(model: ir.Model) -> dict[str, int]:
         changed = False
         before = _nodes(model)
         changed |= fold(model).modified
-        changed |= common_passes.RemoveUnusedNodesPass()(model).modified
         _count(counts, "constant folding", before, model)
+        before = _nodes(model)
+        changed |= common_passes.RemoveUnusedNodesPass()(model).modified
+        _count(counts, "dead code elimination", before, model)
         before = _nodes(model)
         changed |= common_passes.IdentityEliminationPass()(model).modified
         _count(counts, "Identity elimination", before, model)
