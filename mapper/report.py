@@ -17,7 +17,6 @@ from mapper.passes.arena.report import arena_section
 from mapper.passes.memory.report import memory_section
 from mapper.passes.moe.report import moe_section
 from mapper.passes.simplify.report import simplify_section
-from mapper.passes.simplify.report import simplify_section
 from mapper.passes.tiling.report import kernels_section
 from mapper.report_parts import LAYOUT_STYLE, html_table, svg_open
 from mapper.units import format_size, format_time
@@ -320,7 +319,7 @@ def _setup_rows(plan: dict[str, Any]) -> list[tuple[str, str]]:
     """What this plan was compiled from and with, as far as plan.json records it."""
     model, hardware = plan["model"], plan["hardware"]
     rows = [("model", f"{model['path']} (sha256 {model['sha256'][:16]}…)"),
-            ("inputs", ", ".join(f"{k} {'x'.join(map(str, v))}"
+            ("inputs", ", ".join(f"{k}: {'x'.join(map(str, v))}"
                                  for k, v in model["input_shapes"].items()) or "none")]
     precision = model.get("precision", "model")
     dtypes = _dtype_names(plan)
@@ -391,6 +390,11 @@ def suggestions(plan: dict[str, Any]) -> list[str]:
             continue
         need, have = row["bytes"], row["capacity"]
         ways = []
+        if (plan.get("memory") or {}).get("level") == row["memory"]:
+            size = 1 << max(10, math.ceil(math.log2(need)))
+            ways.append(f"{code('--scratchpad ' + _size_flag(size))} where the device's "
+                        f"{escape(row['memory'])} has that much (the memory pass plans this "
+                        "level at the --scratchpad size)")
         if wide and half:
             ways.append(f"{code('--precision ' + half)} (float weights and activations at "
                         "half the bytes)")

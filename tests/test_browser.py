@@ -225,6 +225,11 @@ _MEASURE = r"""
     label: svg.getAttribute('aria-label') || '', size: size(svg),
     shapes: svg.querySelectorAll('rect,circle,line,polyline,path').length,
     texts: [...svg.querySelectorAll('text')].map(t => t.textContent),
+    cut: [...svg.querySelectorAll('text')].filter(t => {
+      const box = svg.getBoundingClientRect(), r = t.getBoundingClientRect();
+      return r.width && (r.left < box.left - 1 || r.right > box.right + 1 ||
+                         r.top < box.top - 1 || r.bottom > box.bottom + 1);
+    }).map(t => t.textContent),
     ticks: [...svg.querySelectorAll('text.tick')].map(t => t.textContent),
     axes: [...svg.querySelectorAll('text.axis')].map(t => t.textContent)}));
   const tables = [...document.querySelectorAll('table')].map(t => ({
@@ -261,6 +266,7 @@ def _assert_fits_and_drawn(page: dict[str, Any]) -> None:
         assert table["size"][0] > 0 and table["size"][1] > 0 and table["rows"] > 0, table
     for svg in page["svgs"]:
         assert svg["size"][0] > 0 and svg["size"][1] > 0 and svg["shapes"] > 0, svg
+        assert not svg["cut"], f"text cut off at the edge of {svg['label']!r}: {svg['cut']}"
     for image in page["images"]:
         assert image["complete"] and image["natural"] > 0 and image["size"][0] > 0, image
     _assert_not_blank(page["png"], page["width"])
@@ -297,10 +303,11 @@ def test_compile_report_in_chromium(browser, compiled, width):
                     "Operator time by type", "Activation arena"):
         assert heading in page["headings"], heading
     # The header says what the plan was compiled with.
-    for words in ("precision", "--precision model", "x 1x3x64x64", "--hw a100-80gb",
-                  "ran tiling, memory, arena, estimate", "skipped moe", "--seed 0",
-                  "scratchpad"):
+    for words in ("precision", "--precision model", "x: 1x3x64x64", "--hw a100-80gb",
+                  "skipped moe", "--seed 0", "scratchpad"):
         assert words in page["text"], words
+    ran = page["text"].split("passes\tran ")[1]
+    assert all(name in ran.split(";")[0] for name in ("tiling", "memory", "arena", "estimate"))
     roofline = _chart(page, "roofline")
     assert any("FLOP/byte" in text for text in roofline["axes"]), roofline["axes"]
     assert any("FLOP/s" in text for text in roofline["axes"]), roofline["axes"]
@@ -314,6 +321,21 @@ def test_compile_report_in_chromium(browser, compiled, width):
     assert any(text.endswith("B") for text in timeline["ticks"]), timeline["ticks"]
     bars = _chart(page, "operator time")
     assert any(text.rstrip(")").endswith("%") and "s (" in text for text in bars["texts"])
+
+
+def test_moe_compile_report_in_chromium(browser, site):
+    """The MoE sections (placement heat map, device traffic) at a narrow viewport."""
+    import models
+
+    root, base = site
+    result = run_mapper("compile", str(models.build("moe_transformer")), "--hw", "h100",
+                        "--devices", "4", "--time-limit", "5", "-o", str(root / "moe"))
+    assert result.code == 0, result.stderr
+    page = _measure(browser, f"{base}/moe/report.html", 800, "moe")
+    _assert_fits_and_drawn(page)
+    assert "MoE expert placement" in page["headings"]
+    _chart(page, "expert placement")
+    _chart(page, "device-to-device")
 
 
 def test_study_report_in_chromium(browser, study):

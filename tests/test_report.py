@@ -37,6 +37,7 @@ def test_a_tight_npu_gets_suggestions_with_flags(tmp_path, resnet_small):
     tips = suggestions(plan)
     text = " ".join(tips)
     assert "It does not fit" in text and "816.0 KiB" in text  # what it needs, and where
+    assert "<code>--scratchpad 1MiB</code> where the device's sram has that much" in text
     assert "<code>--scratchpad 256KiB</code>" in text and "non-compulsory" in text
     assert "--sweep scratchpad=256KiB,512KiB,1MiB" in text
     assert "<code>--precision int8</code>" in text  # the dtype its GEMMs were tiled at
@@ -61,7 +62,7 @@ def test_header_names_precision_inputs_passes_and_compression(tmp_path):
     _, report = _compile(tmp_path / "gpt", gpt, "--hw", "t4", "--dim", "seq=64",
                         "--precision", "fp16", "--compress", "rtn", "--bits", "4",
                         "--skip", "arena", "--seed", "3")
-    for words in ("--precision fp16", "input_ids 1x64", "--hw t4", "--compress rtn --bits 4",
+    for words in ("--precision fp16", "input_ids: 1x64", "--hw t4", "--compress rtn --bits 4",
                   "--seed 3", "skipped moe", "arena"):
         assert words in report, words
     ran = report.split("<th>passes</th><td>")[1].split("</td>")[0]

@@ -32,7 +32,9 @@ def placement_heatmap(layers: list[dict[str, Any]], devices: int, per_node: int)
     cell = max(3, min(16, 760 // experts))
     row = max(3, min(16, 900 // max(len(layers), 1)))
     label = 110
-    width, height = label + experts * cell + 10, 24 + len(layers) * row + 40
+    # Wide enough for the grid, the title and the legend's first row of devices.
+    width = label + max(experts * cell, 42 * min(devices, 16), 200) + 10
+    height = 24 + len(layers) * row + 40 + 14 * ((devices - 1) // 16)
     parts = [svg_open(width, height, "expert placement: layer by expert, colour by device"),
              f"<text x='{label}' y='14'>expert 0 .. {experts - 1} (colour: device)</text>"]
     for index, layer in enumerate(layers):
