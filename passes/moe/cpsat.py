@@ -170,12 +170,15 @@ def build_window(*, loads: np.ndarray, flows: np.ndarray, current: np.ndarray, l
                 model.add(sum(int(loads[layer, e]) * x[e][d] for e in range(n))
                           <= int(caps[layer]))
     if symmetry:
-        # Devices of one node are interchangeable: number them in the order layer lo first
-        # uses them (value precedence); the caller relabels the hint to match.
+        # Devices of one node are interchangeable, and so are equal nodes: number them in
+        # the order layer lo first uses them (value precedence within each node, and between
+        # the first devices of consecutive nodes); the caller relabels the hint to match.
+        size = topology.devices_per_node if num_nodes > 1 else g
         first = window.x[0]
         for d in range(1, g):
+            before = d - 1 if d % size else d - size
             for e in range(n):
-                model.add(first[e][d] <= sum(first[p][d - 1] for p in range(e)))
+                model.add(first[e][d] <= sum(first[p][before] for p in range(e)))
     terms: list[cp_model.LinearExprT] = []
     constant = 0
     if lo > 0:

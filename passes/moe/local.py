@@ -228,6 +228,40 @@ def _suffix_moves(chain: Chain, placement: np.ndarray) -> bool:
     return improved
 
 
+def _node_partition(chain: Chain, placement: np.ndarray) -> bool:
+    """Regroup the devices into nodes for every layer at once: device swaps between nodes
+    on the traffic summed over the layer pairs (a relabel of all layers keeps every
+    same-device pair, so only the cross-node cost changes)."""
+    g, size = chain.g, chain.per_node
+    if size >= g or g % size:
+        return False
+    traffic = np.zeros((g, g))
+    for layer in range(chain.layers - 1):
+        traffic += _hot(placement[layer], g).T @ chain.flows[layer] @ _hot(
+            placement[layer + 1], g)
+    mutual = traffic + traffic.T
+    np.fill_diagonal(mutual, 0.0)
+    node = np.arange(g) // size
+    improved = False
+    for _ in range(4 * g):
+        aff = mutual @ _hot(node, g // size)  # [device, node]
+        own = aff[np.arange(g), node]
+        cross = aff[:, node]  # cross[a, b] = affinity of a to b's node
+        gain = cross + cross.T - own[:, None] - own[None, :] - 2 * mutual
+        gain = np.where(node[:, None] != node[None, :], gain, 0.0)
+        a, b = divmod(int(np.argmax(gain)), g)
+        if gain[a, b] <= 1e-9:
+            break
+        node[a], node[b] = node[b], node[a]
+        improved = True
+    if improved:
+        perm = np.empty(g, dtype=np.int64)
+        for n in range(g // size):
+            perm[np.nonzero(node == n)[0]] = n * size + np.arange(size)
+        placement[:] = perm[placement]
+    return improved
+
+
 # Share of the objective below which a sweep's gain ends the descent.
 _MIN_SWEEP_GAIN = 1e-4
 # Restarts only where one descent is cheap (layers x experts^2 at most this).
@@ -239,6 +273,8 @@ def descend(chain: Chain, placement: np.ndarray, max_sweeps: int = 12) -> np.nda
     placement = placement.copy()
     before = chain.cost(placement)
     for sweep in range(max_sweeps):
+        if chain.weights.max() > chain.weights[chain.weights > 0].min():
+            _node_partition(chain, placement)
         _suffix_moves(chain, placement)
         order = range(chain.layers) if sweep % 2 == 0 else range(chain.layers - 1, -1, -1)
         for layer in order:
@@ -275,28 +311,36 @@ def _clustered(chain: Chain, stats, layer: int, witness_row: np.ndarray) -> np.n
 
 
 def local_search(stats, weights: np.ndarray, caps: np.ndarray, witness: np.ndarray,
-                 per_node: int, seed: int = 0, restarts: int = 4) -> np.ndarray:
-    """The best placement of the chain-aware starts after descent and restarts."""
+                 per_node: int, seed: int = 0, restarts: int = 4,
+                 start: np.ndarray | None = None) -> np.ndarray:
+    """The best placement of the chain-aware starts after descent and restarts.
+
+    `start`: a placement within `caps` to descend from too (alone on large instances, where
+    the constructions would repeat the work that found it)."""
     chain = Chain(flows=stats.flows.astype(np.float64), loads=stats.loads.astype(np.float64),
                   weights=weights.astype(np.float64), caps=caps.astype(np.float64),
                   per_node=per_node)
     if chain.layers < 2 or chain.g < 2:
         return witness.copy()
-    starts = [_chain_from(chain, witness[0], 0, witness)]
+    large = chain.layers * chain.loads.shape[1] ** 2 > _RESTART_SIZE
+    starts = [] if start is None else [start]
     last = chain.layers - 1
-    if chain.per > 1:
+    construct = not (large and start is not None)
+    if construct:
+        starts.append(_chain_from(chain, witness[0], 0, witness))
+    if construct and chain.per > 1:
         starts.append(_chain_from(chain, _clustered(chain, stats, 0, witness[0]), 0, witness))
         starts.append(_chain_from(chain, _clustered(chain, stats, last, witness[last]), last,
                                   witness))
     best, best_cost = None, None
-    for start in starts:
-        candidate = descend(chain, start)
+    for begin in starts:
+        candidate = descend(chain, begin)
         value = chain.cost(candidate)
         if best_cost is None or value < best_cost:
             best, best_cost = candidate, value
     assert best is not None and best_cost is not None
     rng = np.random.default_rng(seed)
-    if chain.layers * chain.loads.shape[1] ** 2 > _RESTART_SIZE:
+    if large:
         restarts = 0
     for _ in range(restarts):
         # Shuffle the device groups of a few layers, then descend again.

@@ -157,12 +157,18 @@ def pair_cost(placement: np.ndarray, stats: TraceStats, weights: np.ndarray, lay
     return int(((hot[0].T @ stats.flows[layer] @ hot[1]) * weights).sum())
 
 
-def _canonical(placement: np.ndarray, g: int) -> np.ndarray:
-    """Relabel devices in the order layer 0 first uses them (one node: labels are free)."""
-    order = list(dict.fromkeys(int(d) for d in placement[0]))
-    order += [d for d in range(g) if d not in order]
+def _canonical(placement: np.ndarray, g: int, per_node: int | None = None) -> np.ndarray:
+    """Relabel devices in the order layer 0 first uses them: with `per_node`, nodes in the
+    order of first use and devices within each node likewise (equal nodes are
+    interchangeable, and so are the devices of one node)."""
+    size = per_node or g
+    first = list(dict.fromkeys(int(d) for d in placement[0]))
+    first += [d for d in range(g) if d not in first]
+    node_order = list(dict.fromkeys(d // size for d in first))
     relabel = np.empty(g, dtype=np.int64)
-    relabel[order] = np.arange(g)
+    for rank, node in enumerate(node_order):
+        members = [d for d in first if d // size == node]
+        relabel[members] = rank * size + np.arange(len(members))
     return relabel[placement]
 
 
@@ -415,9 +421,12 @@ class _Search:
     def joint(self, placement: np.ndarray) -> np.ndarray:
         """Every layer, expert and device in one CP-SAT model, hinted with `placement`."""
         single_node = self.topology.num_nodes == 1
-        start = _canonical(placement, self.g) if single_node else placement
+        per_node = self.topology.devices_per_node
+        symmetric = single_node or self.g % per_node == 0
+        start = _canonical(placement, self.g, None if single_node else per_node) \
+            if symmetric else placement
         candidate = self._window(start, 0, self.stats.num_layers - 1,
-                                 self.budget.left() / WALL_PER_DET, symmetry=single_node)
+                                 self.budget.left() / WALL_PER_DET, symmetry=symmetric)
         if candidate is None:
             return placement
         return self._better(placement, candidate)[0]
@@ -579,8 +588,8 @@ def _local_starts(problem: PlacementProblem, options: PlaceOptions, caps: LoadCa
                            options.seed)
     relaxed = None
     if (caps.tolerance > caps.eplb).any():
-        relaxed = local_search(stats, weights, caps.tolerance, at_eplb,
-                               topology.devices_per_node, options.seed)
+        relaxed = local_search(stats, weights, caps.tolerance, caps.witness,
+                               topology.devices_per_node, options.seed, start=at_eplb)
     return _Starts(result(at_eplb, "eplb"),
                    None if relaxed is None else result(relaxed, "tolerance"))
 
@@ -652,13 +661,17 @@ def place_experts(problem: PlacementProblem, options: PlaceOptions) -> Placement
                       problem.w_inter)
     starts = _local_starts(problem, options, caps, method)
     ladder = _ladder(options.time_limit_s, _FIRST_RUNG_S)
-    kept, baseline, note = _first_rung(problem, options, ladder[0], method, deadline, caps,
-                                       starts)
+    if starts.at_eplb.objective <= pair:
+        # The local search meets the bound at EPLB-level balance: optimal, nothing to run.
+        kept, baseline, note, ladder = starts.at_eplb, starts.at_eplb, "", []
+    else:
+        kept, baseline, note = _first_rung(problem, options, ladder[0], method, deadline,
+                                           caps, starts)
     solved = setup.solved or not kept.fallback
     notes = [note] if note else []
     row = caps.eplb if kept.balance == "eplb" else caps.tolerance
     cp_bound = kept.bound
-    rungs = 1
+    rungs = min(1, len(ladder))
     for limit in ladder[1:]:
         if kept.objective <= pair or kept.solver_status == "OPTIMAL":
             break  # proven optimal (the pair bound, or CP-SAT within the kept caps)
