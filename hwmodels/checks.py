@@ -64,6 +64,34 @@ def _check_compute(hw: Hardware) -> list[str]:
         problems.append("compute.peak_ops: must list at least one dtype")
     if hw.kind == "gpu" and hw.kernel_limits is None:
         problems.append("kernel_limits: required for kind 'gpu' (the tiling pass needs them)")
+    return [*problems, *_check_cpu(hw)]
+
+
+# Stated fp32 peaks must agree with the cores' vector units to this relative tolerance.
+_CPU_PEAK_TOLERANCE = 0.02
+
+
+def _check_cpu(hw: Hardware) -> list[str]:
+    cpu = hw.compute.cpu
+    if hw.kind != "cpu":
+        return [] if cpu is None else [f"compute.cpu: only for kind 'cpu', not '{hw.kind}'"]
+    if cpu is None:
+        return ["compute.cpu: required for kind 'cpu' (isa, simd_width_bits, "
+                "fma_units_per_core)"]
+    problems = []
+    if cpu.simd_width_bits % 32:
+        problems.append(f"compute.cpu.simd_width_bits: must be a multiple of 32, got "
+                        f"{cpu.simd_width_bits}")
+    fp32 = hw.compute.peak_ops.get("fp32")
+    if fp32 is None:
+        problems.append("compute.peak_ops.fp32: required for kind 'cpu'")
+    else:
+        derived = (hw.compute.units * hw.compute.clock_hz * cpu.fma_units_per_core
+                   * (cpu.simd_width_bits // 32) * 2)
+        if abs(fp32 - derived) > _CPU_PEAK_TOLERANCE * derived:
+            problems.append(
+                f"compute.peak_ops.fp32: {fp32 / 1e12:.4g} TFLOPS disagrees with units x clock "
+                f"x fma_units_per_core x simd lanes x 2 = {derived / 1e12:.4g} TFLOPS")
     return problems
 
 

@@ -23,7 +23,7 @@ _PLAIN_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+
 DType = Literal["fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int16", "int8", "int4", "fp4"]
 DTYPES: tuple[str, ...] = get_args(DType)
 
-Kind = Literal["gpu", "tpu", "accelerator", "npu"]
+Kind = Literal["gpu", "tpu", "accelerator", "npu", "cpu"]
 Scope = Literal["unit", "device"]
 
 
@@ -77,6 +77,21 @@ class GroupSparseKernels(BaseModel):
         "at (index decoding and irregular rows cost the rest).")
 
 
+class CpuCores(BaseModel):
+    """A CPU's cores as its vector kernels (onnxruntime's MLAS) use them; the compute units
+    are the cores, and fp32 peak = units x clock x fma_units_per_core x simd lanes x 2."""
+
+    model_config = _CONFIG
+
+    isa: str = Field(min_length=1, description="Instruction set the kernels use, e.g. "
+                     "'x86-64 AVX-512 + VNNI', 'Armv8.4-A NEON + SVE + dot product'.")
+    simd_width_bits: Count = Field(
+        description="Width of one vector FMA pipe in bits (what one pipe retires per clock: "
+        "256 on Zen 4, whose 512-bit AVX-512 ops take two pipes; 128 for a NEON pipe).")
+    fma_units_per_core: Count = Field(
+        description="Vector FMA pipes per core that can each start one FMA every clock.")
+
+
 class Compute(BaseModel):
     """The compute units, their clock, dense peaks per dtype and matrix-engine shapes."""
 
@@ -104,6 +119,9 @@ class Compute(BaseModel):
         alias="op_overhead",
         description="Fixed cost per operator in seconds (kernel launch, dispatch, setup).",
     )
+    cpu: CpuCores | None = Field(
+        default=None, description="CPU cores' vector units (kind 'cpu' only; the peaks must "
+        "agree with them).")
     group_sparse_kernels: GroupSparseKernels | None = Field(
         default=None, description="Group-sparse weight kernels: with them, a weight with "
         "pruned groups moves only its kept groups (BSR bytes) and computes only on them; "
@@ -189,7 +207,7 @@ class Hardware(BaseModel):
     )
     name: str = Field(min_length=1, description="Canonical name, e.g. a100-80gb.")
     aliases: tuple[str, ...] = Field(default=(), description="Other names that select it.")
-    kind: Kind = Field(description="gpu, tpu, accelerator or npu.")
+    kind: Kind = Field(description="gpu, tpu, accelerator, npu or cpu.")
     vendor: str = Field(description="Who makes it.")
     description: str = Field(description="One line for `mapper hw list`.")
     compute: Compute = Field(description="Compute units, clock, peaks and matrix shapes.")
@@ -197,7 +215,8 @@ class Hardware(BaseModel):
         description="Memory levels ordered nearest to farthest; the last is main memory."
     )
     kernel_limits: KernelLimits | None = Field(
-        default=None, description="GPU kernel resource limits; null for TPUs and accelerators."
+        default=None, description="GPU kernel resource limits; null for TPUs, accelerators "
+        "and CPUs."
     )
     interconnect: Interconnect = Field(description="Intra- and inter-node links.")
 

@@ -26,7 +26,7 @@ from mapper.hwmodels import (
 
 EXPECTED_BUILTINS = {
     "v100", "t4", "a100-40gb", "a100-80gb", "l4", "l40s", "h100", "h200", "b200", "mi300x",
-    "tpu-v4", "tpu-v5e", "eyeriss", "ethos-u55", "edge-npu",
+    "tpu-v4", "tpu-v5e", "eyeriss", "ethos-u55", "edge-npu", "epyc-9654", "graviton3",
 }
 
 # A small, complete model in human units; tests edit it to provoke each kind of error.
@@ -86,8 +86,12 @@ def test_every_builtin_loads_and_is_consistent(name):
     assert hardware_file(name).name == f"{name}.yaml"
     main_name, main = hw.main_memory
     assert main.scope == "device" and not main.managed
-    assert hw.managed_level is not None, "every built-in has a managed level"
-    assert hw.managed_level[0] != main_name
+    if hw.kind == "cpu":
+        # CPU caches are not software-managed: the memory pass has nothing to plan.
+        assert hw.managed_level is None and hw.compute.cpu is not None
+    else:
+        assert hw.managed_level is not None, "every built-in accelerator has a managed level"
+        assert hw.managed_level[0] != main_name
     assert hw.compute.peak_ops
     if hw.kind == "gpu":
         assert hw.kernel_limits is not None
@@ -214,7 +218,7 @@ def test_path_objects_are_accepted(tmp_path):
 
 
 def test_all_schema_problems_come_in_one_message(tmp_path):
-    text = (MINIMAL.replace("kind: npu", "kind: cpu")
+    text = (MINIMAL.replace("kind: npu", "kind: fpga")
             .replace("clock: 1.41GHz", "clock: 1.41GFoo")
             .replace("size: 1GiB", "size: -1")
             .replace("    int8: 312TFLOPS", "    int9: 312TFLOPS")
@@ -403,3 +407,40 @@ def test_plan_dict_is_json_deterministic_and_round_trips(name, tmp_path):
     # The plan's hardware block is itself a loadable hardware file.
     path = write(tmp_path, yaml.safe_dump(json.loads(first), sort_keys=False), "plan_hw.yaml")
     assert load_hardware(str(path)) == hw
+
+
+# ------------------------------------------------------------------ CPUs
+
+CPU = (MINIMAL.replace("kind: npu", "kind: cpu")
+       .replace("    int8: 312TFLOPS\n", "    fp32: 0.9TFLOPS\n")
+       .replace("  unit_name: PE\n", "  unit_name: core\n  cpu:\n    isa: test\n"
+                "    simd_width_bits: 256\n    fma_units_per_core: 2\n")
+       .replace("    managed: true\n", ""))
+
+
+def test_a_cpu_needs_no_kernel_limits_and_its_peak_follows_its_cores(tmp_path):
+    hw = load_hardware(write(tmp_path, CPU.replace("0.9TFLOPS", "0.18048TFLOPS")))
+    # 4 cores x 1.41 GHz x 2 FMA pipes x 8 fp32 lanes x 2
+    assert hw.kind == "cpu" and hw.kernel_limits is None and hw.managed_level is None
+    message = load_error(write(tmp_path, CPU))
+    assert "compute.peak_ops.fp32: 0.9 TFLOPS disagrees" in message and "0.1805" in message
+
+
+def test_a_cpu_needs_its_cores_described(tmp_path):
+    text = CPU.replace("  cpu:\n    isa: test\n    simd_width_bits: 256\n"
+                       "    fma_units_per_core: 2\n", "")
+    assert "compute.cpu: required for kind 'cpu'" in load_error(write(tmp_path, text))
+    npu = MINIMAL.replace("  unit_name: PE\n", "  unit_name: PE\n  cpu:\n    isa: x\n"
+                          "    simd_width_bits: 128\n    fma_units_per_core: 1\n")
+    assert "compute.cpu: only for kind 'cpu'" in load_error(write(tmp_path, npu))
+
+
+@pytest.mark.parametrize("name", ["epyc-9654", "graviton3"])
+def test_builtin_cpus_state_the_peak_their_cores_give(name):
+    hw = load_hardware(name)
+    cpu = hw.compute.cpu
+    lanes = cpu.simd_width_bits // 32
+    derived = hw.compute.units * hw.compute.clock_hz * cpu.fma_units_per_core * lanes * 2
+    assert hw.peak("fp32") == pytest.approx(derived, rel=1e-3)
+    # int8 dot products (VNNI, SDOT) at four times the fp32 rate
+    assert hw.peak("int8") == pytest.approx(4 * derived, rel=1e-3)

@@ -17,7 +17,8 @@ from mapper.passes.tiling.problems import extract_problems
 from mapper.pipeline import PassContext
 
 _DIMS = {"gpt_decoder": {"seq": 64}}
-_HARDWARE = builtin_catalog()
+# CPUs have no tiles to choose (the pass skips them: test_cpus_are_skipped).
+_HARDWARE = [hw for hw in builtin_catalog() if hw.kind != "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +55,13 @@ def test_every_config_satisfies_every_constraint(loaded, hw):
         assert result.status == "ok" and result.solver.status == "OPTIMAL"
         for record in kernels:
             assert check_record(record, hw) == [], (name, record)
+
+
+@pytest.mark.parametrize("name", ["epyc-9654", "graviton3"])
+def test_cpus_are_skipped(loaded, name):
+    model, view = loaded["resnet_small"]
+    hw = next(hw for hw in builtin_catalog() if hw.name == name)
+    context = PassContext(model=model, view=view, hardware=hw, options=CompileOptions(),
+                          order=view.model_order)
+    reason = TilingPass().skip_reason(context)
+    assert reason is not None and "CPU" in reason

@@ -46,6 +46,9 @@ class TilingPass(Pass):
         ops = MATMUL_OPS + CONV_OPS
         if not any(node.op_type in ops for node in context.view.nodes.values()):
             return "no GEMM-shaped operator (MatMul, Gemm, Conv) in the model"
+        if context.hardware.kind == "cpu":
+            return (f"{context.hardware.name} is a CPU: onnxruntime's MLAS kernels choose "
+                    "their own blocking, so there are no tiles to pick")
         if context.hardware.kind == "gpu" and context.hardware.kernel_limits is None:
             return (f"{context.hardware.name} has no kernel_limits; GPU tiles need them "
                     "(see hwmodels/a100-80gb.yaml)")
