@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from mapper.driver import compile_model
 from mapper.loader import load_model
 from mapper.options import CompileOptions
-from mapper.passes.simplify.optimize import simplify_model
+from mapper.passes.simplify.optimize import DEAD_CODE, simplify_model
 from mapper.passes.simplify.rules import bias_broadcasts
 from mapper.verify import verify_models
 from models import corpus
@@ -137,7 +137,7 @@ def test_common_subexpressions_and_dead_code_are_eliminated():
     simplified = simplify_model(model)
     assert _ops(simplified.model) == {"Relu": 1, "Add": 1}
     assert simplified.rules["common subexpression elimination"] == 1
-    assert simplified.rules["dead code elimination"] == 1
+    assert simplified.rules[DEAD_CODE] == 1
 
 
 def test_quantized_codes_are_not_decoded():

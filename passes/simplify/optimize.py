@@ -2,11 +2,13 @@
 is counted, plus the rules of `rules`.
 
 The steps are those of `onnxscript.optimizer.optimize_ir` (constant folding with node-level
-shape inference, its default rewrite rules, dead-code removal; then constants lifted to
-initializers, duplicate initializers merged, common subexpressions eliminated), with
-Identity elimination and a checked MatMul+Add -> Gemm added. Every rule keeps the
-computation (BatchNormalization folding reassociates float arithmetic, as onnxruntime's own
-basic-level fusion does); every op stays in the standard ONNX domains.
+shape inference, which also bypasses Identity and inference Dropout; its default rewrite
+rules; dead-code removal; then constants lifted to initializers, duplicate initializers
+merged, common subexpressions eliminated), with a checked MatMul+Add -> Gemm added
+(onnx-ir's IdentityEliminationPass is not used: it renames a subgraph's output to an outer
+value, which the ONNX checker rejects). Every rule keeps the computation (BatchNormalization
+folding reassociates float arithmetic, as onnxruntime's own basic-level fusion does); every
+op stays in the standard ONNX domains.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from onnxscript.rewriter.rules.common import (
 from mapper.passes.simplify.rules import RULES as GEMM_RULES
 
 MAX_ROUNDS = 4
+# Constant folding bypasses Identity and inference-mode Dropout (their readers read the input
+# instead); the nodes left without readers are removed with the rest of the dead code.
+DEAD_CODE = "dead code elimination (Identity and Dropout included)"
 
 # The onnxscript default rule sets (rewriter._DEFAULT_REWRITE_RULES), grouped under the names
 # the plan counts them by, then this package's own.
@@ -106,10 +111,7 @@ def simplify_ir(model: ir.Model) -> dict[str, int]:
         _count(counts, "constant folding", before, model)
         before = _nodes(model)
         changed |= common_passes.RemoveUnusedNodesPass()(model).modified
-        _count(counts, "dead code elimination", before, model)
-        before = _nodes(model)
-        changed |= common_passes.IdentityEliminationPass()(model).modified
-        _count(counts, "Identity elimination", before, model)
+        _count(counts, DEAD_CODE, before, model)
         for name, rules in RULE_GROUPS:
             applied = rules.apply_to_model(model)
             if applied:
@@ -117,7 +119,7 @@ def simplify_ir(model: ir.Model) -> dict[str, int]:
                 changed = True
         before = _nodes(model)
         changed |= common_passes.RemoveUnusedNodesPass()(model).modified
-        _count(counts, "dead code elimination", before, model)
+        _count(counts, DEAD_CODE, before, model)
         if not changed:
             break
     common_passes.RemoveUnusedFunctionsPass()(model)
