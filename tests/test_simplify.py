@@ -171,3 +171,14 @@ def test_model_zoo_resnet50_loses_its_batchnorms_like_onnxruntime_basic(tmp_path
     assert "BatchNormalization" not in _ops(optimized)
     check = verify_models(path, out / "model.onnx", rtol=1e-3, atol=1e-3)
     assert check.ok
+
+
+def test_per_channel_scale_and_shift_fold_into_conv(tmp_path):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "scale"], ["m"]),
+             helper.make_node("Add", ["shift", "m"], ["y"])]
+    inits = [_weight("w", 8, 3, 3, 3), _weight("scale", 8, 1, 1), _weight("shift", 1, 8, 1, 1)]
+    plan, optimized = _compile(tmp_path, _model(nodes, [_value("x", 1, 3, 16, 16)],
+                                                [_value("y", 1, 8, 16, 16)], inits))
+    assert _ops(optimized) == {"Conv": 1}
+    assert plan["simplify"]["rules"]["per-channel Mul/Add folded into Conv"] == 2

@@ -36,6 +36,7 @@ from onnxscript.rewriter.rules.common import (
     _remove_optional_bias,
 )
 
+from mapper.passes.simplify.rules import CONV_AFFINE_RULES
 from mapper.passes.simplify.rules import RULES as GEMM_RULES
 
 MAX_ROUNDS = 4
@@ -50,6 +51,7 @@ RULE_GROUPS: tuple[tuple[str, RewriteRuleSet], ...] = (
      RewriteRuleSet([*_no_op.rules.rules, *_basic_rules.basic_optimization_rules().rules])),
     ("BatchNormalization folded into Conv/ConvTranspose/Gemm", _fuse_batchnorm.rules),
     ("MatMul+Add -> Gemm", GEMM_RULES),
+    ("per-channel Mul/Add folded into Conv", CONV_AFFINE_RULES),
     ("Pad folded into Conv", _fuse_pad_into_conv.rules),
     ("Relu/Clip/Min/Max chains merged",
      RewriteRuleSet([*_fuse_relus_clips.rules.rules, *_min_max_to_clip.rules.rules])),

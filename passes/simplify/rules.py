@@ -59,3 +59,83 @@ matmul_add_to_gemm_rule = MatMulAddToGemm().rule()
 
 # Add is commutative: the bias may be either operand.
 RULES = RewriteRuleSet([matmul_add_to_gemm_rule], commute=True)
+
+
+def _channel_vector(value: ir.Value, rank: int, channels: int):
+    """A constant that broadcasts along the channel axis of a `[N, C, ...]` output only, as
+    a length-C numpy vector (None when it is not one)."""
+    import numpy as np
+
+    const = value.const_value
+    if const is None:
+        return None
+    array = const.numpy()
+    if array.ndim > rank:
+        return None
+    shape = (1,) * (rank - array.ndim) + tuple(array.shape)
+    if any(dim != 1 for axis, dim in enumerate(shape) if axis != 1) \
+            or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(array.reshape(-1), (channels,)).copy()
+
+
+class _ConvChannelAffine(RewriteRuleClassBase):
+    """``Conv(x, W, B)`` followed by a per-channel constant ``Mul`` or ``Add`` -> one Conv
+    (onnxruntime's ConvMulFusion / ConvAddFusion; onnxscript fuses scalars only)."""
+
+    op_name = ""
+
+    def pattern(self, op, x, w, operand):
+        conv = op.Conv(x, w, _allow_other_inputs=True, _outputs=["conv_out"])
+        return op.Mul(conv, operand) if self.op_name == "Mul" else op.Add(conv, operand)
+
+    def check(self, context, x, w, operand, conv_out, **_) -> MatchResult:
+        del context, x
+        result = MatchResult()
+        conv = conv_out.producer()
+        if w.const_value is None or w.is_graph_input():
+            return result.fail("the weight must be a constant initializer")
+        if len(conv.inputs) > 2 and conv.inputs[2] is not None \
+                and conv.inputs[2].const_value is None:
+            return result.fail("the bias must be constant")
+        for value in conv.inputs[1:]:
+            if value is not None and any(user is not conv for user, _ in value.uses()):
+                return result.fail("the weight or bias is shared with another node")
+        if conv_out.shape is None or conv_out.dtype != operand.dtype:
+            return result.fail("the Conv output needs a known shape and the operand's dtype")
+        channels = w.const_value.shape.dims[0]
+        if _channel_vector(operand, len(conv_out.shape), channels) is None:
+            return result.fail("the operand is not a per-channel constant")
+        return result
+
+    def rewrite(self, op, x, w, operand, conv_out, **_):
+        import numpy as np
+
+        conv = conv_out.producer()
+        weights = w.const_value.numpy()
+        channels = weights.shape[0]
+        vector = _channel_vector(operand, len(conv_out.shape), channels).astype(weights.dtype)
+        bias_value = conv.inputs[2] if len(conv.inputs) > 2 else None
+        bias = bias_value.const_value.numpy() if bias_value is not None \
+            else np.zeros(channels, weights.dtype)
+        if self.op_name == "Mul":
+            weights = weights * vector.reshape((channels,) + (1,) * (weights.ndim - 1))
+            bias = bias * vector
+        else:
+            bias = bias + vector
+        base = conv.name or conv_out.name
+        return op.Conv(x, op.initializer(ir.tensor(weights), name=f"{base}_{self.op_name}_w"),
+                       op.initializer(ir.tensor(bias.astype(weights.dtype)),
+                                      name=f"{base}_{self.op_name}_b"),
+                       **conv.attributes)
+
+
+class ConvMul(_ConvChannelAffine):
+    op_name = "Mul"
+
+
+class ConvAdd(_ConvChannelAffine):
+    op_name = "Add"
+
+
+CONV_AFFINE_RULES = RewriteRuleSet([ConvMul().rule(), ConvAdd().rule()], commute=True)
