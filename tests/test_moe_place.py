@@ -92,7 +92,10 @@ def test_tiny_time_limit_still_returns_a_valid_placement():
     _, stats, problem = _problem(spec, 8, 4, w_inter=90)
     result = place_experts(problem, PlaceOptions(time_limit_s=0.05))
     check_placement(result.placement, 64, 8)
-    assert result.fallback and result.solver_status == "HEURISTIC"
+    # The local-search baseline always runs; the tiny budget adds little or nothing to it.
+    assert result.baseline_objective is not None
+    assert result.objective <= result.baseline_objective
+    assert result.fallback == (result.solver_status == "HEURISTIC")
     assert result.objective <= evaluate(eplb(stats.loads, 8), stats, problem.topology) \
         .cross_device_transitions * 90
 

@@ -6,6 +6,14 @@ Objective: bandwidth-weighted transitions, `sum_l sum_(e,f) flows[l, e, f] * W[d
 dev(l + 1, f)]`, W = 0 on one device, `w_intra` within a node, `w_inter` across nodes (in
 the ratio of the links' transfer times, `cost.link_weights`).
 
+First the local-search baseline (`local.py`: chain-aware construction, per-layer exact
+and swap moves, node-preserving suffix relabels, node regrouping, restarts; fixed work, so
+the same at any time limit), reported as `baselines.local_search`; every search below
+starts from it and the answer is never worse. Bound: the per-layer-pair bound (`local.py`,
+any load caps) or CP-SAT's bound on the joint model, on the objective's scale; OPTIMAL
+when the objective meets it. Then, within the work budget:
+0. polish: each layer's uncapped optimum repaired into its cap, then swaps (numpy);
+
 The search only ever accepts improvements, so a valid placement exists from the start:
 1. heuristic: EPLB packing of layer 0, then each next layer greedily next to the devices
    its tokens come from, within the caps (EPLB's packing where greedy fails);
@@ -451,7 +459,8 @@ class _Search:
     def search(self, starts: tuple[np.ndarray, ...] = ()) -> np.ndarray:
         """Heuristic, polish, stage 1 + 2, then the joint model or refinement: the best
         placement."""
-        placement = min((self.greedy(), *starts), key=self.cost)
+        # The starts come from the local search, which already builds greedy chains.
+        placement = min(starts, key=self.cost) if starts else self.greedy()
         self._stage("heuristic", placement)
         placement = self.polish(placement)
         self._stage("polish", placement)
