@@ -7,7 +7,9 @@ definition and checked against ONNX's strict shape inference before the model is
 so a generated model is always valid: a mismatch is a bug of this generator and raises
 `GeneratorError` rather than handing the compiler an invalid graph. Inputs are made on
 demand (an operator that needs a rank-4 tensor and finds none in the pool reads a new graph
-input), so every input is read; every tensor no operator reads is a graph output.
+input), so every input is read; every tensor no operator reads is a graph output. Sometimes
+an intermediate that others read is an output too, a graph input is passed through as an
+output, or an output is declared without a shape (all valid ONNX that exporters write).
 
 `compile_exit` runs `mapper.driver.compile_model` in-process and maps what it raises to the
 exit code the CLI would return (mapper/cli.py `_run`): a `MapperError` -> its exit code, any
