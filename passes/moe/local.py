@@ -47,6 +47,18 @@ def _hot(row: np.ndarray, g: int) -> np.ndarray:
     return out
 
 
+def _by_device(matrix: np.ndarray, row: np.ndarray, g: int) -> np.ndarray:
+    """`[G, cols]`: the rows of `matrix` summed by the device `row` puts them on (a valid
+    row holds E/G experts per device, so this is a sort and a reshape)."""
+    order = np.argsort(row, kind="stable")
+    return matrix[order].reshape(g, -1, matrix.shape[1]).sum(axis=1)
+
+
+def _traffic(flows: np.ndarray, row: np.ndarray, nxt: np.ndarray, g: int) -> np.ndarray:
+    """`[G, G]` transitions of one layer pair from device to device."""
+    return _by_device(_by_device(flows, row, g).T, nxt, g).T
+
+
 def _assign(cost: np.ndarray) -> np.ndarray:
     """Exact min-cost permutation of a square matrix: row -> column."""
     size = cost.shape[0]
@@ -93,17 +105,16 @@ class Chain:
         g = self.g
         a = np.zeros((self.loads.shape[1], g))
         if prev and layer > 0:
-            a += self.flows[layer - 1].T @ (_hot(placement[layer - 1], g) @ self.weights)
+            a += _by_device(self.flows[layer - 1], placement[layer - 1], g).T @ self.weights
         if nxt and layer + 1 < self.layers:
-            a += self.flows[layer] @ (_hot(placement[layer + 1], g) @ self.weights.T)
+            a += _by_device(self.flows[layer].T, placement[layer + 1], g).T @ self.weights.T
         return a
 
     def cost(self, placement: np.ndarray) -> int:
         """The objective (weighted transitions)."""
         g, total = self.g, 0.0
         for layer in range(self.layers - 1):
-            traffic = _hot(placement[layer], g).T @ self.flows[layer] @ _hot(
-                placement[layer + 1], g)
+            traffic = _traffic(self.flows[layer], placement[layer], placement[layer + 1], g)
             total += float((traffic * self.weights).sum())
         return round(total)
 
@@ -119,7 +130,7 @@ class Chain:
 
 def _relabel(row: np.ndarray, a: np.ndarray, g: int) -> np.ndarray:
     """The layer's groups permuted onto devices at least cost (always within the caps)."""
-    group_cost = _hot(row, g).T @ a  # [group, device]
+    group_cost = _by_device(a, row, g)  # [group, device]
     return _assign(group_cost)[row]
 
 
@@ -266,7 +277,7 @@ def _suffix_moves(chain: Chain, placement: np.ndarray) -> bool:
     g = chain.g
     improved = False
     for cut in range(1, chain.layers):
-        traffic = _hot(placement[cut - 1], g).T @ chain.flows[cut - 1] @ _hot(placement[cut], g)
+        traffic = _traffic(chain.flows[cut - 1], placement[cut - 1], placement[cut], g)
         cost = traffic.T @ chain.weights  # cost[b, c]: traffic into b if b were relabelled c
         perm = _node_preserving(cost, g, chain.per_node)
         if perm is None:
@@ -287,8 +298,7 @@ def _node_partition(chain: Chain, placement: np.ndarray) -> bool:
         return False
     traffic = np.zeros((g, g))
     for layer in range(chain.layers - 1):
-        traffic += _hot(placement[layer], g).T @ chain.flows[layer] @ _hot(
-            placement[layer + 1], g)
+        traffic += _traffic(chain.flows[layer], placement[layer], placement[layer + 1], g)
     mutual = traffic + traffic.T
     np.fill_diagonal(mutual, 0.0)
     node = np.arange(g) // size

@@ -689,6 +689,8 @@ def place_experts(problem: PlacementProblem, options: PlaceOptions) -> Placement
     pair = pair_bound(stats.flows, g, problem.topology.devices_per_node, problem.w_intra,
                       problem.w_inter)
     starts = _local_starts(problem, options, caps, method)
+    # The wall guard of the rungs starts after the baseline's fixed work.
+    deadline = max(deadline, time.perf_counter() + WALL_GUARD * options.time_limit_s + 5.0)
     ladder = _ladder(options.time_limit_s, _FIRST_RUNG_S)
     if starts.at_eplb.objective <= pair:
         # The local search meets the bound at EPLB-level balance: optimal, nothing to run.
