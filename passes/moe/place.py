@@ -636,13 +636,14 @@ def _first_rung(problem: PlacementProblem, options: PlaceOptions, limit: float, 
     first = _phase(problem, options, caps.eplb, caps.witness, "eplb", phase_a, method,
                    (starts.at_eplb.placement,))
     budget.charge(phase_a.used)
-    best_a = first if first.objective < starts.at_eplb.objective else replace(
+    # A phase starts from the local search, so it is never worse (and may carry a proof).
+    best_a = first if first.objective <= starts.at_eplb.objective else replace(
         starts.at_eplb, fallback=first.fallback)
     if starts.relaxed is None:
         return best_a, starts.at_eplb, ""
     second = _phase(problem, options, caps.tolerance, caps.witness, "tolerance",
                     budget.split(1.0), method, (best_a.placement, starts.relaxed.placement))
-    best_b = second if second.objective < starts.relaxed.objective else replace(
+    best_b = second if second.objective <= starts.relaxed.objective else replace(
         starts.relaxed, fallback=second.fallback)
     best_b = best_b if best_b.objective <= best_a.objective else replace(
         best_a, balance="tolerance", solver_status="FEASIBLE", bound=None)
