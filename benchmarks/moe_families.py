@@ -2,7 +2,8 @@
 
 Families (`mapper moe synth`, seed 0):
 - planted: the device groups of a planted placement, kept exactly balanced at every layer
-  (equal token shares per group; tokens that move swap groups among themselves), so the
+  (equal token shares per group, k <= E/G so a token's k experts lie in its group; tokens
+  that move swap groups among themselves), so the
   planted placement's cost is known: rule: cross-device fraction within 0.5% of the planted
   one (or better), OPTIMAL where the per-layer-pair bound proves it;
 - unbalanced: communities of random sizes (no placement keeps every token local): the gap
@@ -53,7 +54,8 @@ FAMILIES = (
     Family("planted 32x8x4 k1 a0.5", True, 32, 8, 4, 4, 1, 0.5, 4096),
     Family("planted 24x32x8 (2 nodes) k2 a0.9", True, 24, 32, 8, 4, 2, 0.9),
     Family("planted 16x64x16 (2 nodes) k4 a0.95", True, 16, 64, 16, 8, 4, 0.95),
-    Family("planted 8x256x64 (8 nodes) k8 a0.7", True, 8, 256, 64, 8, 8, 0.7, 16384),
+    Family("planted 8x256x64 (8 nodes) k4 a0.7", True, 8, 256, 64, 8, 4, 0.7, 16384),
+    Family("planted 8x256x32 (8 nodes) k8 a0.6", True, 8, 256, 32, 4, 8, 0.6, 16384),
     Family("unbalanced 32x128x16 (2 nodes) k4 a0.85", False, 32, 128, 16, 8, 4, 0.85,
            communities=24),
     Family("unbalanced 32x128x16 (1 node) k4 a0.85", False, 32, 128, 16, 16, 4, 0.85,
@@ -93,11 +95,29 @@ def _family_row(family: Family, limits: list[float]) -> tuple[str, bool]:
     monotone = all(b <= a for a, b in itertools.pairwise(objectives))
     never_worse = default.objective <= (default.baseline_objective or 0)
     ok = monotone and never_worse and default.bound <= default.objective
-    planted_cell = "-"
-    if trace.planted is not None:
-        planted = evaluate(trace.planted, stats, topology)
+    planted_cell, plain_cell = "-", "same (one node)"
+    planted = None if trace.planted is None else evaluate(trace.planted, stats, topology)
+    if topology.num_nodes > 1:
+        # The plain cross-device objective (one weight for every link) at the default limit.
+        plain = place_experts(PlacementProblem(stats, topology, 10, 10),
+                              PlaceOptions(time_limit_s=30.0, seed=0))
+        assert plain.baseline is not None
+        plain_ours = evaluate(plain.placement, stats, topology).cross_device_fraction
+        plain_base = evaluate(plain.baseline, stats, topology).cross_device_fraction
+        plain_ok = plain_ours <= plain_base + 1e-12
+        plain_cell = f"{plain_ours:.4f} / {plain_base:.4f}"
+        if planted is not None:
+            plain_ok &= plain_ours <= 1.005 * planted.cross_device_fraction + 1e-12
+            plain_cell += f" / {planted.cross_device_fraction:.4f}"
+        plain_cell += f" {plain.solver_status}, gap {100 * (plain.gap or 0):.2f}%"
+        ok &= plain_ok
+    if trace.planted is not None and planted is not None:
         planted_cost = weighted_cost(trace.planted, stats, problem.weights())
-        within = ours.cross_device_fraction <= 1.005 * planted.cross_device_fraction + 1e-12
+        if topology.num_nodes > 1:  # node-weighted: the planted objective is the reference
+            within = default.objective <= 1.005 * planted_cost
+        else:
+            within = ours.cross_device_fraction <= 1.005 * planted.cross_device_fraction \
+                + 1e-12
         ok &= within
         planted_cell = (f"{planted.cross_device_fraction:.4f} ({planted_cost}) "
                         f"{'ok' if within else '**no**'}")
@@ -106,7 +126,8 @@ def _family_row(family: Family, limits: list[float]) -> tuple[str, bool]:
     row = (f"| {family.label} | {shape} | {ours.cross_device_fraction:.4f} / "
            f"{base.cross_device_fraction:.4f} | {ours.cross_node_fraction:.4f} / "
            f"{base.cross_node_fraction:.4f} | {default.objective} / "
-           f"{default.baseline_objective} | {planted_cell} | {default.bound:.0f} | "
+           f"{default.baseline_objective} | {planted_cell} | {plain_cell} | "
+           f"{default.bound:.0f} | "
            f"{100 * (default.gap or 0):.2f}% | {default.solver_status} | "
            f"{' / '.join(str(v) for v in objectives)} | "
            f"{' / '.join(f'{seconds[v]:.0f}' for v in limits)} | "
@@ -157,9 +178,10 @@ def main() -> None:
     limits = [float(v) for v in args.limits.split(",")]
     header = ("| family | L x E x G, k | cross-device: ours / local search | cross-node: ours "
               "/ local search | objective: ours / local search | planted cross-device "
-              "(objective) | bound | gap | status | objective at " + " / ".join(
+              "(objective) | plain weights, 30 s: cross-device ours / local search "
+              "(/ planted) | bound | gap | status | objective at " + " / ".join(
                   f"{v:g}" for v in limits) + " s | wall s | meets rules |")
-    lines = [header, "|" + "---|" * 12]
+    lines = [header, "|" + "---|" * 13]
     for family in FAMILIES:
         row, _ = _family_row(family, limits)
         print(row, flush=True)
@@ -184,7 +206,11 @@ def main() -> None:
         "bound (any load caps) and CP-SAT's joint-model bound, on the objective's scale; gap "
         "= (objective - bound) / objective; OPTIMAL when 0. Rules: objective at the default "
         "30 s <= local search; objectives non-increasing over the limits; bound <= "
-        "objective; planted rows within 0.5% of the planted cross-device fraction.\n\n"
+        "objective; planted rows within 0.5% of the planted placement: its cross-device "
+        "fraction on one node, its weighted objective on several (where the pass may trade "
+        "cross-device for cross-node transitions); rows on several nodes are solved again "
+        "with plain weights (10 / 10) at 30 s: cross-device no worse than that local "
+        "search, and within 0.5% of the planted fraction.\n\n"
         + "\n".join(lines) + f"\n\n{small}." + deep
         + "\n\nReproduce: `.venv/bin/python -m benchmarks.moe_families`")
     update_section("moe-families", "MoE placement: families, local-search baseline, bound "
