@@ -32,7 +32,7 @@ browser:
 
 test: setup browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --durations=15
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal --durations=15
 
 lint: setup
 	$(BIN)/ruff check .

@@ -10,11 +10,9 @@ straight to an external-data file, so building it never holds the weights in mem
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -61,21 +59,32 @@ def build_large_model(path: Path, layers: int) -> int:
     return offset
 
 
+# Run by a fresh interpreter: its RUSAGE_CHILDREN then covers the compile alone, whatever
+# the calling process (a pytest worker, say) ran as children before.
+_PEAK_OF_ONE_CHILD = """
+import resource, subprocess, sys, time
+started = time.perf_counter()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True, check=False)
+seconds = time.perf_counter() - started
+sys.stderr.write(done.stderr)
+print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, seconds)
+"""
+
+
 def measure(folder: Path, layers: int) -> dict[str, float]:
-    """Build the model in `folder`, compile it in a child process; its figures."""
+    """Build the model in `folder`, compile it in a fresh child process; its figures."""
     model = folder / "large.onnx"
     weights = build_large_model(model, layers)
     mapper = Path(sys.executable).with_name("mapper")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    started = time.perf_counter()
-    done = subprocess.run([str(mapper), "compile", str(model), "--hw", "h100", "-o",
-                           str(folder / "out")], capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    if done.returncode != 0:
-        raise RuntimeError(f"compile failed ({done.returncode}): {done.stderr[-1000:]}")
-    if before * 1024 >= peak:
-        raise RuntimeError("an earlier child process peaked higher: measure in a fresh process")
+    done = subprocess.run([sys.executable, "-c", _PEAK_OF_ONE_CHILD, str(mapper), "compile",
+                           str(model), "--hw", "h100", "-o", str(folder / "out")],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"measuring failed ({done.returncode}): {done.stderr[-1000:]}")
+    code, peak_text, seconds_text = done.stdout.split()
+    if int(code) != 0:
+        raise RuntimeError(f"compile failed ({code}): {done.stderr[-1000:]}")
+    peak, seconds = float(peak_text), float(seconds_text)
     out = folder / "out"
     return {"weights": weights, "peak": peak, "ratio": peak / weights, "seconds": seconds,
             "external": float((out / "model.onnx.data").is_file()),

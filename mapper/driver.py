@@ -134,8 +134,26 @@ class _Pending:
     model: ModelProto | None
 
 
+def _declare_inputs_as_loaded(model_path: Path, source_path: Path) -> list[str]:
+    """Give the written model's graph inputs the dims its source file declared (symbolic or
+    rank-less); the names of the inputs changed. onnxruntime infers every If branch, taken or
+    not, and some exporters' dead branches only type-check while the input is dynamic."""
+    source = onnx.load(str(source_path), load_external_data=False)
+    declared = {info.name: info for info in source.graph.input}
+    model = onnx.load(str(model_path), load_external_data=False)
+    changed = []
+    for info in model.graph.input:
+        original = declared.get(info.name)
+        if original is not None and original.type != info.type:
+            info.type.CopyFrom(original.type)
+            changed.append(info.name)
+    if changed:
+        onnx.save(model, str(model_path))
+    return changed
+
+
 def _write_outputs(tmp: Path, pending: _Pending, plan: dict[str, Any],
-                   artifacts: Mapping[str, bytes]) -> None:
+                   artifacts: Mapping[str, bytes], source_path: Path) -> None:
     for name, data in artifacts.items():
         (tmp / name).write_bytes(data)
     model_path = tmp / "model.onnx"
@@ -150,7 +168,18 @@ def _write_outputs(tmp: Path, pending: _Pending, plan: dict[str, Any],
     except Exception as error:
         raise InternalError(f"the optimized model fails the ONNX checker: {error}. This is a bug "
                             "in mapper: please report it with the model and command") from error
-    _check_runs(model_path)
+    try:
+        _check_runs(model_path)
+    except InternalError:
+        # The plan holds for model.input_shapes either way; only the declaration relaxes.
+        relaxed = _declare_inputs_as_loaded(model_path, source_path)
+        if not relaxed:
+            raise
+        _check_runs(model_path)
+        plan["model"]["inputs_as_declared"] = relaxed
+        log.warning("onnxruntime rejects the optimized model with static input dims; "
+                    "inputs %s keep the dims the source file declared (the plan holds for "
+                    "model.input_shapes)", ", ".join(relaxed))
     (tmp / "plan.json").write_text(dumps(plan))
     (tmp / "report.html").write_text(render_report(plan))
 
@@ -201,6 +230,7 @@ def compile_model(model_path: str | Path, hardware: str, output_dir: str | Path,
     artifacts = outcome.artifacts
     # From here on `pending` is the only holder of the model (see _Pending).
     del loaded, outcome
-    write_output_dir(out, lambda tmp: _write_outputs(tmp, pending, plan, artifacts),
+    write_output_dir(out, lambda tmp: _write_outputs(tmp, pending, plan, artifacts,
+                                                     Path(model_path)),
                      force=force)
     return CompileResult(output_dir=out, plan=plan, summary=summary)

@@ -36,6 +36,18 @@ def iter_subgraphs(graph: GraphProto) -> Iterator[GraphProto]:
             yield from iter_subgraphs(sub)
 
 
+def drop_initializer_value_info(graph: GraphProto) -> None:
+    """Remove value_info entries that repeat an initializer's type: onnx-ir writes one per
+    initializer, and a later rewrite that changes the initializer's dtype (quantized codes)
+    would then contradict it."""
+    for sub in (graph, *iter_subgraphs(graph)):
+        initializers = {init.name for init in sub.initializer}
+        kept = [info for info in sub.value_info if info.name not in initializers]
+        if len(kept) != len(sub.value_info):
+            del sub.value_info[:]
+            sub.value_info.extend(kept)
+
+
 def implicit_inputs(node: NodeProto) -> list[str]:
     """Outer-scope tensors a node's subgraphs read: hidden dependencies of If/Loop/Scan."""
     found: list[str] = []

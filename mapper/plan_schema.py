@@ -46,6 +46,10 @@ class ModelInfo(_Section):
     path: str
     sha256: str = Field(pattern="^[0-9a-f]{64}$")
     input_shapes: dict[str, list[NonNegativeInt]]
+    inputs_as_declared: list[str] = Field(
+        default_factory=list, description="graph inputs that OUT/model.onnx declares with the "
+        "source file's dims (symbolic or rank-less), because onnxruntime rejects the model with "
+        "them static; the plan still holds for input_shapes")
 
 
 class Schedule(_Section):

@@ -161,11 +161,17 @@ def _decoded_weights(graph: GraphProto) -> tuple[set[str], dict[str, tuple[str, 
     return nodes, sources
 
 
-def model_facts(model: ModelProto, precision: str = "model") -> ModelFacts:
+def model_facts(model: ModelProto, precision: str = "model",
+                input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelFacts:
     """Read reads/writes per node and the size of every main-graph tensor from the model,
-    float tensors at the deployment `precision`."""
+    float tensors at the deployment `precision`; `input_shapes` sizes the graph inputs the
+    model declares dynamic (plan.model.inputs_as_declared)."""
     graph = model.graph
     sizes: dict[str, int | None] = {}
+    for info in graph.input:
+        if input_shapes and info.name in input_shapes and info.type.HasField("tensor_type"):
+            sizes[info.name] = _bytes(info.type.tensor_type.elem_type,
+                                      list(input_shapes[info.name]), precision)
     for info in [*graph.input, *graph.value_info, *graph.output]:
         if not info.type.HasField("tensor_type"):
             # Sequences, maps and optionals (e.g. ZipMap's output) have no byte size, like
@@ -677,11 +683,22 @@ def _check_compression(model: ModelProto, section: Any, facts: ModelFacts, repor
                    f"initializers give {total_bits / total_elements:.6f}")
 
 
+def _declared_input_shapes(model_info: Mapping[str, Any]) -> dict[str, list[int]]:
+    """The planned shapes of the inputs that the model declares dynamic, where well formed."""
+    shapes = model_info.get("input_shapes")
+    names = model_info.get("inputs_as_declared")
+    if not isinstance(shapes, dict) or not isinstance(names, list):
+        return {}
+    return {name: shapes[name] for name in names if isinstance(name, str)
+            and isinstance(shapes.get(name), list) and all(_is_int(d) for d in shapes[name])}
+
+
 def check_plan(model: ModelProto, plan: Mapping[str, Any]) -> PlanCheck:
     """Check `plan` against `model` (the compile's OUT/model.onnx) by CONTRACTS.md 2-4."""
-    precision = (plan.get("model") or {}).get("precision", "model") \
-        if isinstance(plan.get("model"), dict) else "model"
-    facts = model_facts(model, precision if isinstance(precision, str) else "model")
+    model_info = plan.get("model") if isinstance(plan.get("model"), dict) else {}
+    precision = model_info.get("precision", "model")
+    facts = model_facts(model, precision if isinstance(precision, str) else "model",
+                        _declared_input_shapes(model_info))
     compute = ((plan.get("hardware") or {}).get("compute") or {}) \
         if isinstance(plan.get("hardware"), dict) else {}
     if compute.get("group_sparse_kernels"):

@@ -14,8 +14,8 @@ import pytest
 
 from mapper.driver import compile_model
 from mapper.options import CompileOptions
-from mapper.pipeline import InternalError
 from mapper.verify import verify_models
+from mapper.verify_plan import verify_plan
 from models import corpus
 from tests.conftest import run_mapper
 
@@ -24,17 +24,14 @@ from tests.conftest import run_mapper
 RTOL, ATOL = 1e-3, 1e-3
 
 
-# onnxruntime's own type inference rejects this file once its rank-less `input` is given a
-# static shape (an LSTM inside an If branch is inferred at rank 5); mapper refuses to emit a
-# model onnxruntime cannot load, with exit 1. Strict: the day it passes, this must go.
-KNOWN_LIMITS = {"silero_vad": "onnxruntime rejects the If branch once the input is static"}
+# onnxruntime's own type inference rejects these files once their rank-less inputs are given
+# static shapes (an LSTM in a dead If branch is inferred at rank 5): the written model keeps
+# the inputs as the file declared them, and the plan says so.
+INPUTS_AS_DECLARED = {"silero_vad": ["input", "state"]}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_LIMITS[name], strict=True,
-                                               raises=InternalError))
-    if name in KNOWN_LIMITS else name for name in corpus.names()])
+@pytest.mark.parametrize("name", corpus.names())
 def test_corpus_model_compiles_and_verifies(tmp_path, name):
     entry = corpus.CORPUS[name]
     path = corpus.fetch(name)
@@ -50,6 +47,9 @@ def test_corpus_model_compiles_and_verifies(tmp_path, name):
     compile_model(path, "a100", out, options)
     plan = json.loads((out / "plan.json").read_text())
     assert plan["estimate"]["latency_s"] > 0
+    assert plan["model"].get("inputs_as_declared", []) == INPUTS_AS_DECLARED.get(name, [])
+    plan_check = verify_plan(out / "model.onnx", out / "plan.json")
+    assert plan_check.ok, plan_check.violations
     if entry.ort_error:
         # onnxruntime cannot run the original (e.g. opset 6 kernels are gone): the upgraded
         # model must run, and there is nothing to compare it with.

@@ -103,7 +103,7 @@ def test_cli_place_writes_the_contract_object_and_rejects_bad_traces(tmp_path):
     for layer in moe["layers"]:
         assert sorted(np.bincount(layer["placement"], minlength=4).tolist()) == [2, 2, 2, 2]
     metrics = moe["metrics"]
-    assert set(metrics["baselines"]) == {"contiguous", "round_robin", "eplb"}
+    assert set(metrics["baselines"]) == {"contiguous", "round_robin", "eplb", "local_search"}
     assert metrics["cross_device_fraction"] < metrics["baselines"]["round_robin"][
         "cross_device_fraction"]
     assert metrics["alltoall_s"] > 0

@@ -157,7 +157,7 @@ def test_study_output_directory_follows_the_same_rule(tmp_path, model):
     assert ok.code == 0, ok.stderr
     rows = (out / "results.jsonl").read_text().splitlines()
     assert len(rows) == 2
-    assert (out / "results.csv").read_text().startswith("hardware,")
+    assert (out / "results.csv").read_text().startswith("model,hardware,")
 
 
 def test_single_file_outputs_are_never_overwritten_unless_ours(tmp_path):

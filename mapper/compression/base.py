@@ -33,6 +33,7 @@ from mapper.facts import CompressedWeight, CompressionFacts, Facts
 from mapper.formats import WeightFormat
 from mapper.graph import GraphView
 from mapper.hwmodels.schema import Hardware
+from mapper.onnx_utils import drop_initializer_value_info
 from mapper.options import CompileOptions
 from mapper.pipeline import Pass, PassContext, PassResult
 
@@ -200,6 +201,7 @@ class WeightRewritePass(Pass):
         for item in encoded:
             if item.declared:
                 declare_format(model, item.site.weight, item.declared)
+        drop_initializer_value_info(model.graph)
         _keep_known_shapes(model, job.model)
         shapes = {inp.name: [d.dim_value for d in inp.type.tensor_type.shape.dim]
                   for inp in model.graph.input}

@@ -22,6 +22,7 @@ from typing import Any
 
 from onnx import ModelProto
 
+from mapper.onnx_utils import drop_initializer_value_info
 from mapper.pipeline import Pass, PassContext, PassResult
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ class SimplifyPass(Pass):
                 "nodes_after": len(original.graph.node), "before": before, "after": before,
                 "rules": {}}}, notes=("kept as loaded: simplifying would rename a graph input "
                                       "or output",))
+        drop_initializer_value_info(model.graph)
         _keep_known_shapes(model, original)
         notes: list[str] = []
         model = normalize(model, _input_shapes(original), notes, _probe_inputs(context))
