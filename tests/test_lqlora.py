@@ -141,7 +141,7 @@ def test_frontier_drops_dominated_options():
 
 def test_search_meets_the_budget_and_the_full_table_agrees():
     rng = np.random.default_rng(7)
-    matrices = [Matrix(f"w{i}", (rng.standard_normal((128, 256)) * (i + 1)).astype(np.float32),
+    matrices = [Matrix(f"w{i}", (rng.standard_normal((64, 128)) * (i + 1)).astype(np.float32),
                        None, (8,)) for i in range(3)]
     elements = sum(m.elements for m in matrices)
     configs = [c for c in paper_grid() if c.scale_dtype == "fp32" and c.scale_block == 64]

@@ -43,9 +43,9 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "lstm": ("LSTM", "MatMul", "Reshape", "Slice"),
     "if": ("If", "Relu", "MatMul", "Add", "Softmax"),
 }
-PER_FAMILY = 20
-MIXED = 100
-LOSSY = 40
+PER_FAMILY = 15
+MIXED = 70
+LOSSY = 30
 TOTAL_EXAMPLES = PER_FAMILY * len(FAMILIES) + MIXED + LOSSY
 HARDWARE = ("a100", "h100", "t4", "edge-npu", "ethos-u55", "eyeriss", "tpu-v4")
 SPEED = CompileOptions(time_limit_s=2)
