@@ -26,7 +26,9 @@ def _load(name: str):
         dims = {"seq": 64} if name == "gpt_decoder" else {}
         return load_model(models.build(name), ShapeSpec({}, dims), None)
     entry = corpus.CORPUS[name]
-    return load_model(corpus.fetch(name), ShapeSpec(dict(entry.input_shapes or {}), {}), None)
+    # A model whose shapes hang on an input's value (Silero's sample rate) is probed with it.
+    probe = corpus.sample_inputs(name) if entry.input_values else None
+    return load_model(corpus.fetch(name), ShapeSpec(dict(entry.input_shapes or {}), {}), probe)
 
 
 def largest_operator(view: GraphView) -> int:
