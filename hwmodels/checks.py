@@ -67,7 +67,7 @@ def _check_compute(hw: Hardware) -> list[str]:
     return [*problems, *_check_cpu(hw)]
 
 
-# Stated fp32 peaks must agree with the cores' vector units to this relative tolerance.
+# A stated fp32 peak may exceed what the cores' vector units give by this relative tolerance.
 _CPU_PEAK_TOLERANCE = 0.02
 
 
@@ -88,10 +88,13 @@ def _check_cpu(hw: Hardware) -> list[str]:
     else:
         derived = (hw.compute.units * hw.compute.clock_hz * cpu.fma_units_per_core
                    * (cpu.simd_width_bits // 32) * 2)
-        if abs(fp32 - derived) > _CPU_PEAK_TOLERANCE * derived:
+        # Below it is fine: a probed host states the sustained rate it measured
+        # (`mapper hw probe`); above it no core can go.
+        if fp32 - derived > _CPU_PEAK_TOLERANCE * derived:
             problems.append(
                 f"compute.peak_ops.fp32: {fp32 / 1e12:.4g} TFLOPS disagrees with units x clock "
-                f"x fma_units_per_core x simd lanes x 2 = {derived / 1e12:.4g} TFLOPS")
+                f"x fma_units_per_core x simd lanes x 2 = {derived / 1e12:.4g} TFLOPS, the "
+                "most the cores can do (a measured, lower rate is accepted)")
     return problems
 
 

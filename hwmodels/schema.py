@@ -79,7 +79,8 @@ class GroupSparseKernels(BaseModel):
 
 class CpuCores(BaseModel):
     """A CPU's cores as its vector kernels (onnxruntime's MLAS) use them; the compute units
-    are the cores, and fp32 peak = units x clock x fma_units_per_core x simd lanes x 2."""
+    are the cores, and fp32 peak <= units x clock x fma_units_per_core x simd lanes x 2
+    (the built-in files state that product, a probed host its measured sustained rate)."""
 
     model_config = _CONFIG
 
@@ -120,8 +121,8 @@ class Compute(BaseModel):
         description="Fixed cost per operator in seconds (kernel launch, dispatch, setup).",
     )
     cpu: CpuCores | None = Field(
-        default=None, description="CPU cores' vector units (kind 'cpu' only; the peaks must "
-        "agree with them).")
+        default=None, description="CPU cores' vector units (kind 'cpu' only; the fp32 peak "
+        "must not exceed what they give).")
     group_sparse_kernels: GroupSparseKernels | None = Field(
         default=None, description="Group-sparse weight kernels: with them, a weight with "
         "pruned groups moves only its kept groups (BSR bytes) and computes only on them; "

@@ -440,6 +440,74 @@ def verify_command(original: Path, optimized: Path, inputs: Path | None, rtol: f
                                details=payload)
 
 
+@cli.command("measure")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--hw", "hardware", help="Also price the model with this hardware model (a "
+              "built-in name or a YAML file, e.g. one from `mapper hw probe`) and compare.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Static shape of an input with dynamic dims (repeatable).")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
+              help="Value of a named dynamic dim (repeatable).")
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Timed runs (and profiled runs for the per-op times).")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Untimed runs before them.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="onnxruntime intra-op threads (0: its default, one per physical core).")
+@click.option("--ort-level", type=click.Choice(["none", "basic", "extended", "all"]),
+              default="all", show_default=True,
+              help="onnxruntime graph optimizations; 'none' runs every model node as is, so "
+              "each gets its own measured time.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs.")
+@click.option("--top", type=click.IntRange(min=0), default=15, show_default=True,
+              help="Nodes to print, the slowest first (--json lists every node).")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurement as one JSON object.")
+def measure_command(model: Path, hardware: str | None, input_shapes: tuple[str, ...],
+                    dims: tuple[str, ...], runs: int, warmup: int, threads: int,
+                    ort_level: str, seed: int, top: int, as_json: bool) -> None:
+    """Run MODEL in onnxruntime on this CPU: latency (median, min, max) and per-op times from
+    its profiler; with --hw, the estimate next to them."""
+    from mapper.measure import measure_model
+
+    result = measure_model(model, hardware=hardware,
+                           input_shapes=dict(parse_shape(v) for v in input_shapes),
+                           dims=dict(parse_dim(v) for v in dims), runs=runs, warmup=warmup,
+                           threads=threads, ort_level=ort_level, seed=seed)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    with_hw = result.estimate_s is not None
+
+    def cells(measured: float | None, estimate: float | None) -> list[str]:
+        row = ["-" if measured is None else format_time(measured)]
+        if with_hw:
+            row += ["-" if estimate is None else format_time(estimate),
+                    f"{estimate / measured:.2f}" if estimate is not None and measured
+                    else "-"]
+        return row
+
+    head = ["MEASURED", *(["ESTIMATE", "EST/MEAS"] if with_hw else [])]
+    click.echo(f"{model}: {runs} runs after {warmup} warm-up, onnxruntime CPU, "
+               f"threads {threads or 'default'}, optimizations {ort_level}")
+    click.echo(f"  latency   median {format_time(result.median_s)}, min "
+               f"{format_time(result.min_s)}, max {format_time(result.max_s)}")
+    if with_hw:
+        click.echo(f"  estimate  {format_time(result.estimate_s or 0.0)} on {result.hardware} "
+                   f"(predicted/measured {result.ratio:.2f})")
+    click.echo("  per op type (profiler, per run)")
+    _echo_columns([["    OP", "NODES", *head],
+                   *([f"    {o.op}", str(o.nodes), *cells(o.measured_s, o.estimate_s)]
+                     for o in result.op_types)])
+    ranked = sorted(result.nodes, key=lambda n: -(n.measured_s or 0.0))
+    click.echo(f"  slowest nodes ({min(top, len(ranked))} of {len(ranked)})")
+    _echo_columns([["    NODE", "OP", *head, "NOTE"],
+                   *([f"    {n.node}", n.op, *cells(n.measured_s, n.estimate_s),
+                      ("onnxruntime's own node" if not n.in_model else
+                       f"ran inside {n.ran_as}" if n.ran_as else
+                       "fused or removed by onnxruntime" if n.measured_s is None else "")]
+                     for n in ranked[:top])])
+
+
 _TILE_DTYPES = ["fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int16", "int8", "int4", "fp4"]
 
 
@@ -531,7 +599,7 @@ def verify_plan_command(model: Path, plan: Path, as_json: bool) -> None:
 
 @cli.group("hw")
 def hw_group() -> None:
-    """List, show and validate hardware models."""
+    """List, show, validate and probe hardware models."""
 
 
 @hw_group.command("list")
@@ -587,6 +655,50 @@ def hw_validate(path: Path, as_json: bool) -> None:
         emit_json({"path": str(path), "valid": True, "name": hw.name, "kind": hw.kind})
     else:
         click.echo(f"{path}: valid ({hw.name}, {hw.kind})")
+
+
+@hw_group.command("probe")
+@click.option("-o", "--output", "output", required=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="The hardware file to write (.yaml); its stem becomes the model's name.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=20.0,
+              show_default=True, help="Time budget of the microbenchmarks (each runs at least "
+              "5 times, more while its share lasts).")
+@click.option("--force", is_flag=True,
+              help="Replace -o even when it is not a file `hw probe` wrote.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print every fact and measurement as one JSON object.")
+def hw_probe(output: Path, seconds: float, force: bool, as_json: bool) -> None:
+    """Write a hardware model (kind cpu) of this machine: facts read from the OS, rates
+    measured with onnxruntime."""
+    from mapper.hwmodels.loader import load_hardware
+    from mapper.outputs import check_output_file, first_line_is, write_output_file
+    from mapper.probe import PROBE_HEADER, probe, probe_name, render_yaml, result_dict
+
+    if output.suffix.lower() not in (".yaml", ".yml"):
+        raise UserError(f"-o {str(output)!r}: a hardware file ends in .yaml or .yml",
+                        subject={"flag": "--output"})
+    ours = first_line_is(PROBE_HEADER)
+    check_output_file(output, force=force, ours=ours, what="hardware")
+    name = probe_name(output)
+    result = probe(seconds)
+    write_output_file(output, render_yaml(result, name), force=force, ours=ours, what="hardware")
+    load_hardware(str(output))  # what the probe writes must load; a failure here is a bug
+    payload = result_dict(result, output, name)
+    if as_json:
+        emit_json(payload)
+        return
+    rows = [("FIELD", "VALUE", "HOW")]
+    for key, unit, scale in (("fp32_gemm", "GFLOP/s", 1e9), ("fp32_gemm_1t", "GFLOP/s", 1e9),
+                             ("int8_gemm", "GOP/s", 1e9), ("bandwidth", "GB/s", 1e9),
+                             ("op_overhead", "us", 1e-6)):
+        item = payload["measurements"].get(key)
+        if item is not None:
+            rows.append((key, f"{item['value'] / scale:.4g} {unit}", item["method"]))
+    click.echo(f"probed {payload['facts']['cpu']['value']} in {result.seconds:.1f} s -> {output}")
+    _echo_columns([("  " + a, b, c) for a, b, c in rows])
+    for line in result.skipped:
+        click.echo(f"  not measured: {line}")
 
 
 @cli.command("schema")
