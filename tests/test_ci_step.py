@@ -271,6 +271,10 @@ def _commands(tmp_path, cnn) -> list[tuple[str, list[str], list[str]]]:
         ("diff", ["diff", str(out / "plan.json"), str(out / "plan.json")],
          ["diff", str(out / "plan.json"), str(problem)]),
         ("schema", ["schema", "plan"], ["schema", "planet"]),
+        ("measure", ["measure", cnn, "--runs", "2", "--warmup", "1", "--hw", "a100"],
+         ["measure", str(tmp_path / "missing.onnx")]),
+        ("hw probe", ["hw", "probe", "-o", str(tmp_path / "host.yaml"), "--seconds", "2"],
+         ["hw", "probe", "-o", str(problem)]),
     ]
 
 
