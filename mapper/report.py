@@ -266,7 +266,10 @@ def _estimate_section(plan: dict[str, Any]) -> str:
         f"<p class='muted'>Roofline estimate at precision '{escape(estimate['precision'])}': "
         "each op at max(FLOPs / peak, bytes / bandwidth) plus the per-op overhead, run one "
         "after another; the bytes a memory plan keeps on chip go at that level's bandwidth, "
-        "and a tiled GEMM takes its kernel's modeled time.</p>"
+        "and a tiled GEMM takes its kernel's modeled time."
+        + (" Ops onnxruntime fuses into one kernel on this CPU run as one: the group's time "
+           "is on its first op, the others show 0 (bound 'fused')."
+           if any("fused_into" in op for op in ops) else "") + "</p>"
         + _bar_chart(shown, total, "s")
         + "<h2>Roofline</h2>" + _roofline_intro(plan) + _roofline(plan)
         + "<h2>Slowest operators</h2>" + html_table(headers, rows(slowest[:25]), {3, 4, 5, 7})

@@ -10,6 +10,20 @@ managed level's bandwidth (so a bigger scratchpad shows up as lower latency), an
 placed experts across devices, its per-forward all-to-all time is added to `latency_s` and
 reported as `moe_alltoall_s`; the experts' compute is already in the per-op rows.
 
+On CPU hardware (kind `cpu`, run by onnxruntime's CPU provider) the estimate prices the graph
+onnxruntime runs: nodes its optimizer fuses into one kernel (`mapper.costs.fusion`: Conv,
+Gemm and MatMul with a following activation, bias Add or scale; a Conv with its residual
+Add; Add + LayerNormalization; bias Add + Gelu; a Transpose folded into a MatMul) pay one
+per-op overhead, and the tensors passed inside a group make no round trip through memory.
+The group's time is on its anchor's row (`fused`: the members), each other member's row has
+time 0 and `fused_into`. Each operator is priced as MLAS runs it (`mapper.costs.cpu`: the
+share of the probed GEMM rate a GEMM of its shape reaches, vector work at a share of it,
+activations at the in-cache streaming rate and weights from main memory, one core for small
+operators and a thread-pool fork/join for split ones) unless a memory plan splits its
+bytes. Those constants are calibrated on one probed host (benchmarks/cpu_fidelity).
+GPU, TPU, NPU and accelerator estimates assume no fusion: every node is its own kernel
+with its own launch and its own memory traffic.
+
 `fits`: the weights plus peak activations against the memory that holds them: main memory,
 or level by level where the hardware model says a level holds the weights (an MCU's flash)
 or the activations (its SRAM); `memory_fit` has the bytes on both sides of each.
@@ -17,10 +31,15 @@ or the activations (its SRAM); `memory_fit` has the bytes on both sides of each.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from onnx import ModelProto, helper
+
 from mapper.costs import MATRIX_CATEGORIES, dequant_ops, op_time
-from mapper.graph import GraphView
+from mapper.costs.cpu import cpu_op_time
+from mapper.costs.fusion import FusionGroup, cpu_fusion_groups
+from mapper.graph import GraphView, Node
 from mapper.hwmodels.schema import Hardware
 from mapper.pipeline import Pass, PassContext, PassResult
 
@@ -65,6 +84,39 @@ def _rows(view: GraphView, name: str) -> int:
     return max(1, total // max(last, 1))
 
 
+def transpose_perms(model: ModelProto) -> dict[str, tuple[int, ...]]:
+    """Each Transpose node's perm (the fusion rules fold a last-two-axes swap into MatMul)."""
+    perms = {}
+    for node in model.graph.node:
+        if node.op_type == "Transpose":
+            for attr in node.attribute:
+                if attr.name == "perm":
+                    perms[node.name] = tuple(helper.get_attribute_value(attr))
+    return perms
+
+
+def _unfused(view: GraphView, node: Node, group: FusionGroup) -> Node:
+    """`node` without the bytes of the tensors its fused group keeps out of memory."""
+    read = sum(view.tensors[t].size for t in node.inputs if t in group.internal)
+    written = sum(view.tensors[t].size for t in node.outputs if t in group.internal)
+    return dataclasses.replace(node, bytes_read=max(0, node.bytes_read - read),
+                               bytes_written=max(0, node.bytes_written - written))
+
+
+def merge_groups(rows: list[dict[str, Any]], groups: dict[str, FusionGroup]) -> None:
+    """Move each fused member's time onto its group's anchor row (in place)."""
+    by_node = {row["node"]: row for row in rows}
+    for group in {id(g): g for g in groups.values()}.values():
+        anchor = by_node[group.anchor]
+        for member in group.members[1:]:
+            row = by_node[member]
+            anchor["time_s"] += row["time_s"]
+            row["time_s"] = 0.0
+            row["bound"] = "fused"
+            row["fused_into"] = group.anchor
+        anchor["fused"] = list(group.members)
+
+
 class EstimatePass(Pass):
     """Roofline latency of every operator and of the model, into `plan.estimate`."""
 
@@ -80,19 +132,33 @@ class EstimatePass(Pass):
         step_offchip = facts.traffic.for_order(context.order) if facts.traffic else None
         managed = hardware.managed_level
         onchip_bandwidth = managed[1].bandwidth if managed and step_offchip else None
+        # onnxruntime's CPU fusions (module docstring); other kinds run every node alone.
+        groups = (cpu_fusion_groups(view, context.order, transpose_perms(context.model))
+                  if hardware.kind == "cpu" else {})
         rows: list[dict[str, Any]] = []
         for step, name in enumerate(context.order):
             node = view.nodes[name]
+            group = groups.get(name)
+            if group is not None:
+                node = _unfused(view, node, group)
             dequant = sum(dequant_ops(view.formats[w], _rows(view, name))
                           for w in node.weights if view.formats[w].quantized)
-            priced = op_time(node, hardware, main.bandwidth,
-                             step_offchip[step] if step_offchip else None, onchip_bandwidth,
-                             dequant)
+            if hardware.kind == "cpu" and step_offchip is None:
+                # MLAS's GEMM efficiency, cache-resident bandwidth, threads (costs.cpu).
+                priced = cpu_op_time(view, node, hardware, dequant)
+            else:
+                priced = op_time(node, hardware, main.bandwidth,
+                                 step_offchip[step] if step_offchip else None,
+                                 onchip_bandwidth, dequant)
             row = priced.to_dict()
             if name in kernel_times:
                 row["time_s"] = kernel_times[name] + hardware.compute.op_overhead_s
                 row["source"] = "tiling"
+            if group is not None and name != group.anchor:
+                # A fused member runs inside its anchor's kernel: no launch of its own.
+                row["time_s"] = max(0.0, row["time_s"] - hardware.compute.op_overhead_s)
             rows.append(row)
+        merge_groups(rows, groups)
         offchip = facts.traffic.total if facts.traffic else sum(row["bytes"] for row in rows)
         # Only matrix ops have a dtype-specific peak worth a note; vector work runs at the
         # vector rate whatever its dtype.
