@@ -9,11 +9,13 @@ is missing); without it these tests fail, saying how to install it, rather than 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -57,7 +59,7 @@ class Browser:
              "--hide-scrollbars", "--mute-audio", "--remote-debugging-port=0",
              "--remote-debugging-address=127.0.0.1", f"--user-data-dir={profile}",
              "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not (port_file.is_file() and port_file.read_text().count("\n") >= 1):
@@ -130,19 +132,28 @@ class Browser:
         sock = getattr(self, "socket", None)
         if sock is not None:
             sock.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        # Chromium runs in a session of its own: end its helper processes too, so that none
+        # outlives the test or keeps writing to the profile.
+        _signal_group(self.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        _signal_group(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    """Send `sig` to every process of a process group that may already be gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, sig)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     binary = _chromium()
-    with tempfile.TemporaryDirectory(prefix="mapper-chromium-") as profile:
+    # Chromium's helper processes may still write to the profile for a moment after the
+    # browser exits: a leftover file there must not fail the run.
+    with tempfile.TemporaryDirectory(prefix="mapper-chromium-",
+                                     ignore_cleanup_errors=True) as profile:
         session = Browser(binary, Path(profile))
         try:
             yield session
