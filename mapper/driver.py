@@ -136,8 +136,9 @@ class _Pending:
 
 def _declare_inputs_as_loaded(model_path: Path, source_path: Path) -> list[str]:
     """Give the written model's graph inputs the dims its source file declared (symbolic or
-    rank-less); the names of the inputs changed. onnxruntime infers every If branch, taken or
-    not, and some exporters' dead branches only type-check while the input is dynamic."""
+    rank-less); returns the names of the inputs it changed. onnxruntime infers every If
+    branch, taken or not, and some exporters' dead branches only type-check while the input
+    is dynamic."""
     source = onnx.load(str(source_path), load_external_data=False)
     declared = {info.name: info for info in source.graph.input}
     model = onnx.load(str(model_path), load_external_data=False)

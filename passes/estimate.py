@@ -34,11 +34,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from onnx import ModelProto, helper
+from onnx import ModelProto
 
 from mapper.costs import MATRIX_CATEGORIES, dequant_ops, op_time
 from mapper.costs.cpu import cpu_op_time
 from mapper.costs.fusion import FusionGroup, cpu_fusion_groups
+from mapper.costs.work import attributes
 from mapper.graph import GraphView, Node
 from mapper.hwmodels.schema import Hardware
 from mapper.pipeline import Pass, PassContext, PassResult
@@ -86,13 +87,8 @@ def _rows(view: GraphView, name: str) -> int:
 
 def transpose_perms(model: ModelProto) -> dict[str, tuple[int, ...]]:
     """Each Transpose node's perm (the fusion rules fold a last-two-axes swap into MatMul)."""
-    perms = {}
-    for node in model.graph.node:
-        if node.op_type == "Transpose":
-            for attr in node.attribute:
-                if attr.name == "perm":
-                    perms[node.name] = tuple(helper.get_attribute_value(attr))
-    return perms
+    return {node.name: tuple(attributes(node)["perm"]) for node in model.graph.node
+            if node.op_type == "Transpose" and "perm" in attributes(node)}
 
 
 def _unfused(view: GraphView, node: Node, group: FusionGroup) -> Node:
