@@ -59,6 +59,7 @@ def probe_host(directory: Path) -> dict[int, Path]:
     """The probed host's hardware file per thread count (2: as `hw probe` writes it; 1: its
     one-core variant from the 1-thread measurements)."""
     from mapper import probe
+    from mapper.units import parse_rate
 
     result = probe.probe()
     full = directory / "host.yaml"
@@ -87,7 +88,7 @@ def probe_host(directory: Path) -> dict[int, Path]:
         if name == "dram":
             level["bandwidth"] = f"{bandwidth_1t.value / 1e9:.6g}GB/s"
         elif level.get("scope") != "unit":  # a shared level: one core's share of it
-            level["bandwidth"] = f"{_gbps(level['bandwidth']) / cores:.6g}GB/s"
+            level["bandwidth"] = f"{parse_rate(level['bandwidth']) / 1e9 / cores:.6g}GB/s"
     one = directory / "host-1t.yaml"
     one.write_text(yaml.safe_dump(doc, sort_keys=False))
     summary = {
@@ -101,14 +102,6 @@ def probe_host(directory: Path) -> dict[int, Path]:
     }
     (directory / "probe.json").write_text(json.dumps(summary))
     return {1: one, 2: full}
-
-
-def _gbps(text: str) -> float:
-    value = str(text).strip()
-    for unit, scale in (("TB/s", 1e3), ("GB/s", 1.0), ("MB/s", 1e-3)):
-        if value.endswith(unit):
-            return float(value[: -len(unit)]) * scale
-    raise ValueError(f"unexpected bandwidth {text!r}")
 
 
 # ---------------------------------------------------------------- models and measurements
