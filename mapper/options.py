@@ -219,10 +219,13 @@ class GqsaConfig(BaseModel):
     saliency: Annotated[Literal["obs", "wanda"], Flag("--saliency")] = Field(
         "obs", description="group saliency: obs (optimal-brain-surgeon error from H = XᵀX) "
         "or wanda (|W| times the input norms)")
-    stage2: Annotated[Literal["refit", "none"], Flag("--stage2")] = Field(
-        "refit", description="stage 2 with codes and masks frozen: refit every layer's "
-        "scales by least squares to the original model's outputs, on inputs through the "
-        "compressed prefix; none: stage 1 alone")
+    stage2: Annotated[Literal["refit", "e2e", "refit+e2e", "none"],
+                      Flag("--stage2")] = Field(
+        "refit", description="stage 2 with codes and masks frozen: refit (every layer's "
+        "scales by least squares to the original model's activations, on inputs through "
+        "the compressed prefix), e2e (every scale tuned by gradients against the model's "
+        "outputs, in torch: mapper[compress]), refit+e2e (both, in that order), or none "
+        "(stage 1 alone)")
 
 
 class LqloraConfig(BaseModel):

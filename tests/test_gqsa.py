@@ -210,3 +210,35 @@ def test_group_sparse_hardware_moves_only_the_kept_groups(tmp_path, mlp):
                                                    rel=0.01)
     assert sparse["offchip_bytes"] < dense["offchip_bytes"]
     assert sparse["latency_s"] < dense["latency_s"]
+
+
+def test_end_to_end_stage_lowers_the_heldout_loss_and_keeps_the_artifact_exact(tmp_path,
+                                                                                mlp):
+    path, calib = mlp
+    out = tmp_path / "out"
+    result = run_mapper("compile", str(path), "--hw", "a100", "--compress", "gqsa",
+                        "--bits", "2", "--group-size", "64", "--sparsity", "0.25",
+                        "--stage2", "e2e", "--calib", str(calib), "--passes", "estimate",
+                        "-o", str(out))
+    assert result.code == 0, result.stderr
+    section = json.loads((out / "plan.json").read_text())["compression"]
+    tuning = section["gqsa"]["e2e"]
+    assert tuning["applied"], tuning
+    assert tuning["heldout_loss_after"] < tuning["heldout_loss_before"]
+    model = onnx.load(str(out / "model.onnx"))
+    rebuilt = artifact.read(out / artifact.ARTIFACT)
+    for entry in section["weights"]:
+        decoded = _decoded_matmulnbits(model, entry["name"])
+        assert np.array_equal(rebuilt[entry["name"]], decoded)
+    assert run_mapper("verify-plan", str(out / "model.onnx"), str(out / "plan.json")).code == 0
+
+
+def test_end_to_end_stage_without_torch_names_the_extra(monkeypatch):
+    import sys
+
+    from mapper.errors import UserError
+    from mapper.passes.gqsa.e2e import tune_scales
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(UserError, match=r"mapper\[compress\]"):
+        tune_scales(_float_mlp(), [], {}, [])

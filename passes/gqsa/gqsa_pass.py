@@ -48,6 +48,7 @@ from mapper.errors import UserError
 from mapper.options import CompileOptions
 from mapper.passes.gqsa import artifact
 from mapper.passes.gqsa.bqpo import quantize_pruned, to_codes
+from mapper.passes.gqsa.e2e import require_torch, tune_scales
 from mapper.passes.gqsa.refit import validated_refit
 from mapper.passes.gqsa.saliency import allocate, group_saliency
 
@@ -67,6 +68,8 @@ class GqsaPass(WeightRewritePass):
         resolved = super().settings(options, sites)
         if not 0 <= options.gqsa.sparsity < 1:
             raise UserError(f"--sparsity {options.gqsa.sparsity}: a share in [0, 1)")
+        if "e2e" in options.gqsa.stage2:
+            require_torch()  # before any work, not after stage 1
         return resolved
 
     def encode(self, job: CompressionJob) -> Encoding:
@@ -111,7 +114,7 @@ class GqsaPass(WeightRewritePass):
                                                            codes[site.weight].dequantize())
         notes = [f"stage 1 (BQPO): {len(blocks_in_order(matrices))} blocks, sparsity "
                  f"{config.sparsity:g} ({allocation.method}, {config.saliency} saliency)"]
-        if config.stage2 == "refit" and matrices:
+        if config.stage2 in ("refit", "refit+e2e") and matrices:
             for block in blocks_in_order(matrices):
                 inputs = taps.collect(feeds, sorted({s.activation for s in block}), decoded)
                 for site in block:
@@ -122,6 +125,14 @@ class GqsaPass(WeightRewritePass):
                         site, codes[site.weight].dequantize())
             notes.append("stage 2 (E2E-OQP, closed form): scales refit to the original "
                          "model's activations on inputs through the compressed prefix")
+        tuning = None
+        if config.stage2 in ("e2e", "refit+e2e") and matrices:
+            codes, tuning = tune_scales(job.model, matrices, codes, feeds)
+            notes.append(
+                "stage 2 (E2E-OQP, gradients): scales tuned against the model's outputs, "
+                f"held-out loss {tuning.heldout_before:.3g} -> {tuning.heldout_after:.3g} "
+                f"in {tuning.epochs} epochs" if tuning.applied else
+                f"stage 2 (E2E-OQP, gradients) left the scales as they were: {tuning.reason}")
         for site in tables:
             w = weights[site.weight]
             identity = np.eye(site.cols)
@@ -138,7 +149,11 @@ class GqsaPass(WeightRewritePass):
         shares = dict(zip((s.weight for s in matrices), allocation.shares, strict=True))
         details = {"gqsa": {"sparsity": config.sparsity,
                             "allocation": allocation.method, "saliency": config.saliency,
-                            "stage2": config.stage2, "layer_sparsity": shares}}
+                            "stage2": config.stage2, "layer_sparsity": shares,
+                            **({"e2e": {"applied": tuning.applied,
+                                        "heldout_loss_before": tuning.heldout_before,
+                                        "heldout_loss_after": tuning.heldout_after,
+                                        "epochs": tuning.epochs}} if tuning else {})}}
         return Encoding(encoded, artifacts={artifact.ARTIFACT: data}, notes=tuple(notes),
                         details=details)
 

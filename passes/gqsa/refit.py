@@ -19,16 +19,16 @@ from mapper.passes.gqsa.bqpo import fp16
 _RIDGE = 1e-6
 
 
-def _centred(codes: GroupCodes) -> np.ndarray:
+def centred(codes: GroupCodes) -> np.ndarray:
     """float64 [rows, groups, group_size]: codes minus zero point, 0-padded past the end."""
     rows, cols = codes.codes.shape
     padded = np.zeros((rows, codes.groups * codes.group_size))
     padded[:, :cols] = codes.codes
     grouped = padded.reshape(rows, codes.groups, codes.group_size)
-    centred = grouped - codes.zero_point_array().astype(np.float64)[..., None]
+    shifted = grouped - codes.zero_point_array().astype(np.float64)[..., None]
     mask = np.zeros(codes.groups * codes.group_size, dtype=bool)
     mask[:cols] = True
-    return centred * mask.reshape(codes.groups, codes.group_size)
+    return shifted * mask.reshape(codes.groups, codes.group_size)
 
 
 def _pad(matrix: np.ndarray, size: int) -> np.ndarray:
@@ -53,18 +53,18 @@ def refit_scales(codes: GroupCodes, target: np.ndarray, hessian: np.ndarray,
     rows, groups, size = codes.rows, codes.groups, codes.group_size
     full = groups * size
     hessian_full = _pad(hessian, full)
-    centred = _centred(codes)
-    flat = centred.reshape(rows, full)
+    shifted = centred(codes)
+    flat = shifted.reshape(rows, full)
     # spread[n, k, b] = Σ_{l in group b} H[k, l] c[n, l]: one BLAS product per group.
     spread = np.empty((rows, full, groups))
     for group in range(groups):
         cols = slice(group * size, (group + 1) * size)
         spread[:, :, group] = flat[:, cols] @ hessian_full[:, cols].T
-    normal = np.einsum("nai,naib->nab", centred, spread.reshape(rows, groups, size, groups))
+    normal = np.einsum("nai,naib->nab", shifted, spread.reshape(rows, groups, size, groups))
     target_full = np.zeros((rows, full))
     target_full[:, :codes.cols] = target
     moment = (target_full @ _pad(cross, full).T).reshape(rows, groups, size)
-    rhs = np.einsum("nai,nai->na", centred, moment)
+    rhs = np.einsum("nai,nai->na", shifted, moment)
     kept = codes.scales != 0
     # Pruned groups become identity rows with a zero right side, so every row solves in
     # one batched call and their scales come out exactly 0.
@@ -104,13 +104,18 @@ def validated_refit(codes: GroupCodes, target: np.ndarray, inputs: np.ndarray,
     if half < 1:
         return codes
     allowed = np.ones(codes.rows, dtype=bool)
-    x = inputs.astype(np.float64)
-    y = sources.astype(np.float64)
-    folds = ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half)))
-    for fit, check in folds:
-        fit_h, fit_c = x[fit].T @ x[fit], x[fit].T @ y[fit]
-        check_h, check_c = x[check].T @ x[check], x[check].T @ y[check]
-        trial = refit_scales(codes, target, fit_h, fit_c)
-        allowed &= (row_errors(trial, target, check_h, check_c)
-                    < row_errors(codes, target, check_h, check_c))
-    return refit_scales(codes, target, x.T @ x, x.T @ y, allowed)
+    halves = (slice(0, half), slice(half, None))
+    # Each half's XᵀX and X̃ᵀ-sources product once; the whole set's are their sums.
+    grams = [_product(inputs[part], inputs[part]) for part in halves]
+    crosses = (grams if sources is inputs else
+               [_product(inputs[part], sources[part]) for part in halves])
+    for fit, check in ((0, 1), (1, 0)):
+        trial = refit_scales(codes, target, grams[fit], crosses[fit])
+        allowed &= (row_errors(trial, target, grams[check], crosses[check])
+                    < row_errors(codes, target, grams[check], crosses[check]))
+    return refit_scales(codes, target, grams[0] + grams[1], crosses[0] + crosses[1], allowed)
+
+
+def _product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """leftᵀ·right in float64."""
+    return left.astype(np.float64, copy=False).T @ right.astype(np.float64, copy=False)
