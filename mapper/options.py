@@ -249,6 +249,11 @@ class LqloraConfig(BaseModel):
     budget_includes_lora: Annotated[bool, Flag("--budget-includes-lora")] = Field(
         False, description="count the low-rank factors in the --bits budget too; the ILP may "
         "then drop a matrix's factors (rank 0) where they do not pay for their bits")
+    compensation: Annotated[Literal["gptq", "none"], Flag("--compensation")] = Field(
+        "gptq", description="gptq: once the configs are chosen, re-pick each Q's codes "
+        "(its scales and bits unchanged) with GPTQ's error compensation on the calibration "
+        "inputs, so Q + L1·L2 matches the layer's outputs; none: round to nearest, as the "
+        "paper does")
 
 
 class CompileOptions(BaseModel):

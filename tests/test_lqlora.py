@@ -200,8 +200,19 @@ def test_cli_meets_the_budget_and_verify_plan_recounts_it(tmp_path, grid_name):
     assert check_plan(onnx.load(tmp_path / "out" / "model.onnx"), plan).ok
     for entry in section["weights"]:
         assert entry["factors"] == [f"{entry['name']}.lora_A", f"{entry['name']}.lora_B"]
-        assert entry["rel_error"] < entry["rel_error_quantized_only"]
     assert details["ilp"]["objective"] <= details["ilp"]["best_uniform"]["objective"]
+    # GPTQ-compensated codes (the default) trade weight error for output error.
+    compensation = details["compensation"]
+    assert compensation["method"] == "gptq"
+    assert compensation["output_error_after"] < compensation["output_error_before"]
+    # Without compensation, Q + L1·L2 is closer to W than Q alone would be.
+    result = _compile(model, tmp_path / "plain", "--bits", "3.25", "--grid", grid_name,
+                      "--compensation", "none")
+    assert result.code == 0, (result.stdout + result.stderr)
+    plain = json.loads((tmp_path / "plain" / "plan.json").read_text())["compression"]
+    assert plain["lqlora"]["compensation"] == {"method": "none"}
+    for entry in plain["weights"]:
+        assert entry["rel_error"] < entry["rel_error_quantized_only"]
 
 
 def test_adapters_round_trip_through_torch(tmp_path):
@@ -339,3 +350,29 @@ def test_bnb4_format_emits_nf4_weights_as_matmulbnb4(tmp_path):
     # Only the MatMul (not the Gemm) can be a MatMulBnb4, and only in an NF4 config.
     assert set(bnb) == set(nf4) - {"fc2.weight"}
     assert check_plan(emitted, plan).ok
+
+
+@pytest.mark.parametrize("config", [NfConfig(3, 64, 8, 256, "fp32"), IntConfig(4, 32)])
+def test_compensation_lowers_the_output_error_and_keeps_the_config(config):
+    from mapper.passes.lqlora.compensate import compensate, output_error
+    from mapper.passes.lqlora.grid import quantize_config
+
+    rng = np.random.default_rng(3)
+    cols = 256
+    basis = rng.standard_normal((cols, cols)) / np.sqrt(cols)
+    x = rng.standard_normal((2048, cols)) @ basis * (1 + 4 * (rng.random(cols) < 0.05))
+    hessian = x.T @ x
+    target = rng.standard_normal((64, cols)).astype(np.float32)
+    q = quantize_config(target, config)
+    better, before, after = compensate(q, target, hessian)
+    assert after < 0.8 * before
+    assert after == pytest.approx(output_error(target - better.dequantize(), hessian))
+    assert before == pytest.approx(output_error(target - q.dequantize(), hessian))
+    # Same scales, so the same config and stored bits; only codes moved.
+    assert not np.array_equal(better.codes, q.codes)
+    if isinstance(config, NfConfig):
+        assert better.stored_bits() == q.stored_bits()
+        assert np.array_equal(better.block_scales(), q.block_scales())
+    else:
+        assert np.array_equal(better.scales, q.scales)
+        assert np.array_equal(better.zero_point_array(), q.zero_point_array())

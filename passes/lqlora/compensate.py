@@ -1,0 +1,96 @@
+"""Error-compensated codes for a chosen decomposition: Q's scales kept, its codes re-picked
+column by column with GPTQ's updates, so that Q + L1·L2 reproduces the layer's outputs on
+the calibration inputs rather than its weights entry by entry.
+
+The alternation fits Q to W - L1·L2 by rounding each entry to its nearest level (what the
+paper does); rounding errors then add up in the layer's outputs as XᵀX weighs them. With
+the scales fixed (so the config and its stored bits do not change), visiting the columns
+by decreasing input energy and pushing each column's rounding error onto the columns not
+yet visited, through the Cholesky factor of (XᵀX)⁻¹, lowers ||X (W - L1·L2 - Q)ᵀ||²: the
+same step GQSA's stage 1 takes for its codes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from mapper.compression.codes import GroupCodes
+from mapper.passes.gqsa.bqpo import inverse_cholesky
+from mapper.passes.lqlora.nf import NfWeight, nearest_level, nf_levels
+
+# (values of one column [rows], its index) -> (codes [rows], decoded values [rows])
+ColumnQuantizer = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def _nf_column(q: NfWeight) -> ColumnQuantizer:
+    scales = q.block_scales()
+    levels = nf_levels(q.config.bits)
+
+    def quantize(values: np.ndarray, column: int) -> tuple[np.ndarray, np.ndarray]:
+        scale = scales[:, column // q.config.block]
+        safe = np.where(scale > 0, scale, np.float32(1))
+        codes = nearest_level(values / safe, q.config.bits)
+        return codes, levels[codes] * scale
+    return quantize
+
+
+def _int_column(q: GroupCodes) -> ColumnQuantizer:
+    top = (1 << q.bits) - 1
+    zeros = q.zero_point_array().astype(np.float32)
+
+    def quantize(values: np.ndarray, column: int) -> tuple[np.ndarray, np.ndarray]:
+        group = column // q.group_size
+        scale, zero = q.scales[:, group], zeros[:, group]
+        safe = np.where(scale != 0, scale, np.float32(1))
+        codes = np.clip(np.round(values / safe) + zero, 0, top)
+        return codes.astype(np.uint8), (codes - zero) * scale
+    return quantize
+
+
+def compensated_codes(target: np.ndarray, hessian: np.ndarray, quantize: ColumnQuantizer
+                      ) -> np.ndarray:
+    """uint8 [rows, cols] codes of `target` chosen with GPTQ's error compensation under
+    H = XᵀX, columns by decreasing H diagonal (act-order; the scales are fixed)."""
+    rows, cols = target.shape
+    order = np.argsort(-np.diag(hessian), kind="stable")
+    factor, _ = inverse_cholesky(hessian[np.ix_(order, order)])
+    factor = factor.astype(np.float32)
+    w = target[:, order].astype(np.float32).copy()
+    w[:, np.diag(hessian)[order] == 0] = 0.0
+    codes = np.zeros((rows, cols), dtype=np.uint8)
+    block = 128
+    for start in range(0, cols, block):
+        stop = min(start + block, cols)
+        part = w[:, start:stop].copy()
+        errors = np.zeros_like(part)
+        local = factor[start:stop, start:stop]
+        for i in range(stop - start):
+            column = int(order[start + i])
+            code, decoded = quantize(part[:, i], column)
+            codes[:, column] = code
+            error = (part[:, i] - decoded) / local[i, i]
+            part[:, i:] -= np.outer(error, local[i, i:])
+            errors[:, i] = error
+        w[:, stop:] -= errors @ factor[start:stop, stop:]
+    return codes
+
+
+def output_error(diff: np.ndarray, hessian: np.ndarray) -> float:
+    """||X diffᵀ||² = Σ_rows diff H diffᵀ."""
+    d = diff.astype(np.float64)
+    return float(((d @ hessian) * d).sum())
+
+
+def compensate(q: NfWeight | GroupCodes, target: np.ndarray, hessian: np.ndarray
+               ) -> tuple[NfWeight | GroupCodes, float, float]:
+    """Q with compensated codes (same config, same scales) if that lowers the output error
+    against `target` (= W - L1·L2), and the output errors before and after."""
+    quantize = _nf_column(q) if isinstance(q, NfWeight) else _int_column(q)
+    codes = compensated_codes(target, hessian, quantize)
+    candidate = dataclasses.replace(q, codes=codes)
+    before = output_error(target - q.dequantize(), hessian)
+    after = output_error(target - candidate.dequantize(), hessian)
+    return (candidate, before, after) if after < before else (q, before, before)
