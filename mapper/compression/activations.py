@@ -17,8 +17,6 @@ from onnx import ModelProto, helper, numpy_helper
 from mapper.calibration import Feed, Session
 from mapper.compression.sites import WeightSite
 
-_BATCH = 8
-
 
 class ActivationTaps:
     """Runs `model` with the sites' weights fed as inputs, returning the taps asked for."""
@@ -48,8 +46,6 @@ class ActivationTaps:
                                         if site.kind != "gather"))
         self._session = Session(copy, taps=self.taps)
         self._dtypes = {name: array.dtype for name, array in self.dense.items()}
-        # Whether samples may run stacked; None until a first batch is checked.
-        self._batchable: bool | None = None
 
     def collect(self, feeds: Sequence[Feed], taps: Sequence[str],
                 weights: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -59,61 +55,12 @@ class ActivationTaps:
         for name, array in (weights or {}).items():
             current[name] = np.ascontiguousarray(array.astype(self._dtypes[name]))
         rows: dict[str, list[np.ndarray]] = {tap: [] for tap in taps}
-        for chunk in self._chunks(feeds, taps, current):
+        for feed in feeds:
+            outputs = self._session.run({**feed, **current})
             for tap in taps:
-                rows[tap].append(chunk[tap])
+                value = outputs[tap]
+                rows[tap].append(value.reshape(-1, value.shape[-1]).astype(np.float32))
         return {tap: np.concatenate(chunks) for tap, chunks in rows.items()}
-
-    def _rows(self, feed: Feed, taps: Sequence[str], weights: Mapping[str, np.ndarray]
-              ) -> dict[str, np.ndarray]:
-        outputs = self._session.run({**feed, **weights})
-        return {tap: outputs[tap].reshape(-1, outputs[tap].shape[-1]).astype(np.float32)
-                for tap in taps}
-
-    def _chunks(self, feeds: Sequence[Feed], taps: Sequence[str],
-                weights: Mapping[str, np.ndarray]):
-        """The taps' rows per run. Consecutive samples of one shape run as one batch (far
-        fewer, larger kernels) once a first batch is seen to give exactly the rows that
-        sample-by-sample runs give: a graph with a batch dim fixed in a Reshape would
-        otherwise mix samples silently."""
-        index = 0
-        while index < len(feeds):
-            end = index + 1
-            signature = _signature(feeds[index])
-            while (self._batchable is not False and signature[-1] and end < len(feeds)
-                   and end - index < _BATCH and _signature(feeds[end]) == signature):
-                end += 1
-            if end - index == 1:
-                yield self._rows(feeds[index], taps, weights)
-                index = end
-                continue
-            stacked = {name: np.concatenate([feed[name] for feed in feeds[index:end]])
-                       for name in feeds[index]}
-            try:
-                batched = self._rows(stacked, taps, weights)
-            except Exception:  # any refusal means: run sample by sample
-                batched = None
-            if self._batchable is None:
-                singles = [self._rows(feed, taps, weights) for feed in feeds[index:end]]
-                self._batchable = batched is not None and all(
-                    batched[tap].shape == joined.shape and np.allclose(
-                        batched[tap], joined, rtol=1e-3, atol=1e-4 * (
-                            float(np.abs(joined).max()) + 1e-6))
-                    for tap in taps
-                    for joined in [np.concatenate([single[tap] for single in singles])])
-                yield from singles
-            elif batched is not None:
-                yield batched
-            else:
-                yield from (self._rows(feed, taps, weights) for feed in feeds[index:end])
-            index = end
-
-
-def _signature(feed: Feed) -> tuple:
-    """What must agree for samples to stack: names, dtypes and shapes, batch dim of 1."""
-    shapes = tuple((name, array.dtype.str, array.shape)
-                   for name, array in sorted(feed.items()))
-    return (*shapes, all(array.ndim and array.shape[0] == 1 for array in feed.values()))
 
 
 def gram(rows: np.ndarray) -> np.ndarray:
