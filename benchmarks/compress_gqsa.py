@@ -7,9 +7,9 @@ compressing method gets the same calibration passages. Bits per weight count eve
 stored for the rewritten MatMul weights (GQSA: its BSR artifact; MatMulNBits: codes,
 scales, zero points; 2:4: NVIDIA's 9 bits). Embedding tables stay dense everywhere.
 
-    .venv/bin/python -m benchmarks.compress_gqsa [--quick]
+    .venv/bin/python -m benchmarks.compress_gqsa [--model minilm|smollm] [--quick]
 
-`--quick` runs MiniLM-L6 only.
+`--model` re-measures one model and keeps the other's rows; `--quick` is `--model minilm`.
 """
 
 from __future__ import annotations
@@ -175,7 +175,11 @@ def _bench_rows(bench: Bench, tmp: Path, full: bool) -> tuple[list[str], list[st
 
     def ours(label: str, compression: dict[str, Any], gqsa: dict[str, Any] | None = None,
              into: list[str] = main) -> tuple[Path, dict[str, Any]]:
-        key = repr((sorted(compression.items()), sorted((gqsa or {}).items())))
+        settings = dict(gqsa or {})
+        if not settings.get("sparsity"):  # nothing pruned: allocation and saliency moot
+            for moot in ("sparsity", "sparsity_allocation", "saliency"):
+                settings.pop(moot, None)
+        key = repr((sorted(compression.items()), sorted(settings.items())))
         if key not in done:
             path, plan, seconds = _compile(bench, tmp, f"c{len(done)}", compression, gqsa)
             done[key] = (path, plan, seconds, _score(bench, path))
@@ -188,7 +192,9 @@ def _bench_rows(bench: Bench, tmp: Path, full: bool) -> tuple[list[str], list[st
     both = {"stage2": "refit+e2e"}
     # W4 g128, dense: the acceptance's first line, against onnxruntime's algorithms.
     ours("W4 g128 RTN (mapper)", {"method": "rtn", "bits": 4, "group_size": 128})
-    for algorithm in ("DEFAULT", "RTN", "GPTQ", "HQQ", "k-quant"):
+    # onnxruntime's quantizers on MiniLM-L6 (the acceptance's model; mapper's RTN is
+    # bit-exact with their DEFAULT, see compress_rtn).
+    for algorithm in ("DEFAULT", "RTN", "GPTQ", "HQQ", "k-quant") if full else ():
         started = time.perf_counter()
         try:
             model = _ort(bench, algorithm, 4, 128)
@@ -198,8 +204,9 @@ def _bench_rows(bench: Bench, tmp: Path, full: bool) -> tuple[list[str], list[st
             continue
         main.append(_row(bench, f"W4 g128 onnxruntime {algorithm}", _matmulnbits_bits(model),
                          _score(bench, model), time.perf_counter() - started))
-    ours("W4 g128 GQSA s=0, stage 2 refit (default)", w4)
-    w4_path, _ = ours("W4 g128 GQSA s=0, stage 2 refit+e2e", w4, both)
+    w4_path, _ = ours("W4 g128 GQSA s=0, stage 2 refit (default)", w4)
+    if full:
+        w4_path, _ = ours("W4 g128 GQSA s=0, stage 2 refit+e2e", w4, both)
     # W2 and 2:4, the two things W4S50 should beat.
     ours("W2 g64 RTN (mapper)", {"method": "rtn", "bits": 2, "group_size": 64})
     ours("W2 g64 GPTQ-style (GQSA s=0, stage 1)", {"method": "gqsa", "bits": 2,
@@ -302,25 +309,35 @@ def _plot_grid(rows: list[str]) -> None:
     fig.savefig(PLOT, dpi=110)
 
 
-def main() -> None:
-    """Run both models and write the RESULTS.md section."""
-    logging.disable(logging.WARNING)
-    quick = "--quick" in sys.argv
-    tables: list[list[str]] = [[], [], [], []]
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        benches = [lambda: _minilm(tmp, MINILM_CALIBRATION)]
-        if not quick:
-            benches.append(lambda: _smollm(tmp))
-        for make, full in zip(benches, (True, False), strict=False):
-            bench = make()
-            for table, rows in zip(tables, _bench_rows(bench, tmp, full), strict=True):
-                table.extend(rows)
-            print("\n".join(tables[0]), flush=True)
+_HEAD = "| model | method | bits/weight | quality | seconds | note |\n|---|---|---|---|---|---|"
+_TABLES = ("### Against the baselines and onnxruntime's quantizers", "### What each part buys",
+           "### The grid (global allocation, g128, stage 2 refit)",
+           "### onnxruntime CPU latency (2 threads, median of 15)")
+
+
+def _existing(model: str) -> list[list[str]]:
+    """Each table's rows for `model` as RESULTS.md has them (kept when another model is
+    re-measured)."""
+    from benchmarks.results import RESULTS
+
+    text = RESULTS.read_text()
+    if "<!-- compress-gqsa:start -->" not in text:
+        return [[] for _ in _TABLES]
+    section = text[text.index("<!-- compress-gqsa:start -->"):
+                   text.index("<!-- compress-gqsa:end -->")]
+    tables = []
+    for heading in _TABLES:
+        body = section.split(heading)[1].split("###")[0] if heading in section else ""
+        tables.append([line for line in body.splitlines()
+                       if line.startswith(f"| {model} |")])
+    return tables
+
+
+def _write(tables: list[list[str]]) -> None:
     _plot_grid(tables[2])
-    head = "| model | method | bits/weight | quality | seconds | note |\n|---|---|---|---|---|---|"
     body = "\n".join([
-        "Rerun: `.venv/bin/python -m benchmarks.compress_gqsa`. Quality: MiniLM-L6 mean "
+        "Rerun: `.venv/bin/python -m benchmarks.compress_gqsa [--model minilm|smollm]`. "
+        "Quality: MiniLM-L6 mean "
         "cosine of `sentence_embedding` to fp32 on 32 evaluation passages (higher is "
         "better); SmolLM2-135M perplexity on 16 evaluation passages of 128 tokens (lower is "
         "better; its fp32 baseline is the Q4_1 GGUF dequantized). Calibration: "
@@ -330,15 +347,33 @@ def main() -> None:
         "weights (GQSA: counted from its packed artifact); embeddings dense everywhere. "
         "Seconds: the whole compile or quantizer run, on 2 cores. Stage 2: refit is the "
         "closed-form least-squares refit (the default), e2e the gradient tuning of the "
-        "scales in torch (`--stage2 e2e`, needs `mapper[compress]`).",
-        "", "### Against the baselines and onnxruntime's quantizers", "", head, *tables[0],
-        "", "### What each part buys", "", head, *tables[1],
-        "", "### The grid (global allocation, g128, stage 2 refit)", "",
-        "![GQSA grid](gqsa_grid.png)", "", head, *tables[2],
-        "", "### onnxruntime CPU latency (2 threads, median of 15)", "",
-        "| model | variant | ms |", "|---|---|---|", *tables[3]])
+        "scales in torch (`--stage2 e2e`, needs `mapper[compress]`). SmolLM2-135M gets "
+        "the main rows and the grid's corners (each of its compiles takes minutes).",
+        "", _TABLES[0], "", _HEAD, *tables[0],
+        "", _TABLES[1], "", _HEAD, *tables[1],
+        "", _TABLES[2], "", "![GQSA grid](gqsa_grid.png)", "", _HEAD, *tables[2],
+        "", _TABLES[3], "", "| model | variant | ms |", "|---|---|---|", *tables[3]])
     update_section("compress-gqsa", "GQSA: group quantization with group sparsity", body)
-    print(body)
+
+
+def main() -> None:
+    """Run the models asked for (`--model minilm|smollm`, default both; `--quick` is
+    minilm), rewriting the RESULTS.md section after each and keeping the other's rows."""
+    logging.disable(logging.WARNING)
+    chosen = sys.argv[sys.argv.index("--model") + 1] if "--model" in sys.argv else (
+        "minilm" if "--quick" in sys.argv else "both")
+    runs = [("MiniLM-L6", "minilm", True), ("SmolLM2-135M", "smollm", False)]
+    results = {name: _existing(name) for name, _, _ in runs}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for name, key, full in runs:
+            if chosen not in (key, "both"):
+                continue
+            bench = (_minilm(tmp, MINILM_CALIBRATION) if key == "minilm" else _smollm(tmp))
+            results[name] = list(_bench_rows(bench, tmp, full))
+            print("\n".join(results[name][0]), flush=True)
+            _write([[row for rows in results.values() for row in rows[i]]
+                    for i in range(len(_TABLES))])
 
 
 if __name__ == "__main__":
