@@ -99,7 +99,7 @@ class _Tuner:
         return self.scales[name] * self.torch.exp(self.thetas[name])
 
     def run(self, feed: Feed, weights: dict[str, Any]) -> dict[str, Any]:
-        """The float outputs for one (possibly stacked) feed."""
+        """The float graph outputs for one calibration sample."""
         return self.graph.run({**feed, **weights}, self.outputs)
 
     def loss(self, produced: dict[str, Any], reference: dict[str, Any]) -> Any:
