@@ -12,6 +12,7 @@ minimizes its rounding error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,34 +122,55 @@ def quantize_pruned(weight: np.ndarray, hessian: np.ndarray, pruned: np.ndarray,
     # float32 for the column walk (as GPTQ runs it): half the work of float64.
     factor = factor.astype(np.float32)
     w = w[:, order].astype(np.float32)
+    diagonal = np.diag(hessian)
+
+    def quantize(block: np.ndarray, i: int, position: int) -> tuple[np.ndarray, np.ndarray]:
+        column = int(order[position])
+        group = int(group_of[column])
+        if not fixed[group]:
+            end = min(group_size, block.shape[1] - i)
+            _set_group(scales, zeros, group, block[:, i:i + end], pruned, bits, symmetric,
+                       diagonal[order[position:position + end]])
+            fixed[group] = True
+        scale, zero = scales[:, group], zeros[:, group]
+        safe = np.where(scale != 0, scale, 1.0)
+        code = np.clip(np.round(block[:, i] / safe) + zero, 0, top)
+        code = np.where(scale != 0, code, zero)
+        return code.astype(np.uint8), (code - zero) * scale
+
+    codes = compensated_walk(w, factor, order, max(group_size, 128 // group_size * group_size),
+                             quantize)
+    return Encoded(codes=codes, scales=scales.astype(np.float32),
+                   zero_points=None if symmetric else zeros.astype(np.uint8))
+
+
+# (the current block of compensated weights, the column's index in it, its position in
+# the visiting order) -> (codes [rows], decoded values [rows])
+ColumnQuantizer = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def compensated_walk(weight: np.ndarray, factor: np.ndarray, order: np.ndarray,
+                     block_size: int, quantize: ColumnQuantizer) -> np.ndarray:
+    """GPTQ's column walk: uint8 codes [rows, cols] of `weight` (columns already in visiting
+    `order`, float32), each column quantized by `quantize` and its error pushed onto the
+    columns not yet visited through `factor`, the upper Cholesky factor of H⁻¹ in that
+    order; updates are applied lazily, a block of columns at a time."""
+    rows, cols = weight.shape
+    w = weight.copy()
     codes = np.zeros((rows, cols), dtype=np.uint8)
-    block_size = max(group_size, 128 // group_size * group_size)
     for start in range(0, cols, block_size):
         stop = min(start + block_size, cols)
         part = w[:, start:stop].copy()
         errors = np.zeros_like(part)
         local = factor[start:stop, start:stop]
         for i in range(stop - start):
-            column = int(order[start + i])
-            group = int(group_of[column])
-            if not fixed[group]:
-                end = min(group_size, stop - start - i)
-                span = order[start + i:start + i + end]
-                _set_group(scales, zeros, group, part[:, i:i + end], pruned, bits, symmetric,
-                           np.diag(hessian)[span])
-                fixed[group] = True
-            scale, zero = scales[:, group], zeros[:, group]
-            safe = np.where(scale != 0, scale, 1.0)
-            code = np.clip(np.round(part[:, i] / safe) + zero, 0, top)
-            code = np.where(scale != 0, code, zero)
-            decoded = (code - zero) * scale
-            codes[:, column] = code.astype(np.uint8)
+            code, decoded = quantize(part, i, start + i)
+            codes[:, int(order[start + i])] = code
             error = (part[:, i] - decoded) / local[i, i]
             part[:, i:] -= np.outer(error, local[i, i:])
             errors[:, i] = error
         w[:, stop:] -= errors @ factor[start:stop, stop:]
-    return Encoded(codes=codes, scales=scales.astype(np.float32),
-                   zero_points=None if symmetric else zeros.astype(np.uint8))
+    return codes
 
 
 def _set_group(scales: np.ndarray, zeros: np.ndarray, group: int, block: np.ndarray,

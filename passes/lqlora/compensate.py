@@ -18,11 +18,12 @@ from collections.abc import Callable
 import numpy as np
 
 from mapper.compression.codes import GroupCodes
-from mapper.passes.gqsa.bqpo import inverse_cholesky
+from mapper.passes.gqsa.bqpo import compensated_walk, inverse_cholesky
 from mapper.passes.lqlora.nf import NfWeight, nearest_level, nf_levels
 
 # (values of one column [rows], its index) -> (codes [rows], decoded values [rows])
 ColumnQuantizer = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+_BLOCK = 128
 
 
 def _nf_column(q: NfWeight) -> ColumnQuantizer:
@@ -54,28 +55,13 @@ def compensated_codes(target: np.ndarray, hessian: np.ndarray, quantize: ColumnQ
                       ) -> np.ndarray:
     """uint8 [rows, cols] codes of `target` chosen with GPTQ's error compensation under
     H = XᵀX, columns by decreasing H diagonal (act-order; the scales are fixed)."""
-    rows, cols = target.shape
     order = np.argsort(-np.diag(hessian), kind="stable")
     factor, _ = inverse_cholesky(hessian[np.ix_(order, order)])
-    factor = factor.astype(np.float32)
     w = target[:, order].astype(np.float32).copy()
     w[:, np.diag(hessian)[order] == 0] = 0.0
-    codes = np.zeros((rows, cols), dtype=np.uint8)
-    block = 128
-    for start in range(0, cols, block):
-        stop = min(start + block, cols)
-        part = w[:, start:stop].copy()
-        errors = np.zeros_like(part)
-        local = factor[start:stop, start:stop]
-        for i in range(stop - start):
-            column = int(order[start + i])
-            code, decoded = quantize(part[:, i], column)
-            codes[:, column] = code
-            error = (part[:, i] - decoded) / local[i, i]
-            part[:, i:] -= np.outer(error, local[i, i:])
-            errors[:, i] = error
-        w[:, stop:] -= errors @ factor[start:stop, stop:]
-    return codes
+    return compensated_walk(
+        w, factor.astype(np.float32), order, _BLOCK,
+        lambda block, i, position: quantize(block[:, i], int(order[position])))
 
 
 def output_error(diff: np.ndarray, hessian: np.ndarray) -> float:
