@@ -66,7 +66,7 @@ def probe_host(directory: Path) -> dict[int, Path]:
     full.write_text(probe.render_yaml(result, "host"))
     one_core = dataclasses.replace(result.facts, cores=1)
     bandwidth_1t = probe.measure_bandwidth(one_core, 4.0)
-    overhead_1t = probe.measure_op_overhead(1, 2.0)
+    overhead_1t, run_1t = probe.measure_dispatch(1, 3.0)
     doc = yaml.safe_load(full.read_text())
     cores = result.facts.cores
     doc["name"] = "host-1t"
@@ -84,6 +84,7 @@ def probe_host(directory: Path) -> dict[int, Path]:
     if int8 is not None:  # no 1-thread int8 rate is measured: the all-core one per core
         doc["compute"]["peak_ops"]["int8"] = f"{int8.value / cores / 1e9:.6g}GOPS"
     doc["compute"]["op_overhead"] = f"{overhead_1t.value * 1e6:.6g}us"
+    doc["compute"]["run_overhead"] = f"{run_1t.value * 1e6:.6g}us"
     for name, level in doc["memory"].items():
         if name == "dram":
             level["bandwidth"] = f"{bandwidth_1t.value / 1e9:.6g}GB/s"

@@ -24,7 +24,8 @@ FIELDS = (("fp32_gemm", "fp32 GEMM, all cores", 1e9, "GFLOP/s"),
           ("fp32_gemm_1t", "fp32 GEMM, 1 thread", 1e9, "GFLOP/s"),
           ("int8_gemm", "int8 GEMM, all cores", 1e9, "GOP/s"),
           ("bandwidth", "streaming bandwidth", 1e9, "GB/s"),
-          ("op_overhead", "per-op overhead", 1e-6, "us"))
+          ("op_overhead", "per-op overhead", 1e-6, "us"),
+          ("run_overhead", "per-run overhead (session.run)", 1e-6, "us"))
 
 
 def _probe(path: Path) -> tuple[dict, float]:

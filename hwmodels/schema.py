@@ -120,6 +120,10 @@ class Compute(BaseModel):
         alias="op_overhead",
         description="Fixed cost per operator in seconds (kernel launch, dispatch, setup).",
     )
+    run_overhead_s: Seconds = Field(
+        default=0.0, alias="run_overhead",
+        description="Fixed cost of one inference call in seconds, paid once per run on top "
+        "of its operators (the runtime binding inputs and outputs); 0: not modelled.")
     cpu: CpuCores | None = Field(
         default=None, description="CPU cores' vector units (kind 'cpu' only; the fp32 peak "
         "must not exceed what they give).")

@@ -30,7 +30,7 @@ DEFAULT_SECONDS = 20.0
 # Share of the time budget each microbenchmark may spend repeating itself (the rest covers
 # session creation and allocating the streaming arrays).
 _SHARES = {"fp32_gemm_1t": 0.17, "fp32_gemm": 0.17, "int8_gemm": 0.14, "bandwidth": 0.30,
-           "op_overhead": 0.10}
+           "op_overhead": 0.12}
 GEMM_SIZE = 1024
 CHAIN_LENGTH = 200
 MIN_RUNS = 5
@@ -364,22 +364,30 @@ def measure_bandwidth(facts: HostFacts, budget_s: float) -> Measurement:
                     f"written), {facts.cores} threads")
 
 
-def measure_op_overhead(threads: int, budget_s: float) -> Measurement:
+def measure_dispatch(threads: int, budget_s: float) -> tuple[Measurement, Measurement]:
     """Per-op dispatch cost: (a chain of CHAIN_LENGTH + 1 tiny Adds - a chain of 1) per op,
-    so the cost of one session.run call is not charged to the ops."""
+    so the cost of one session.run call is not charged to the ops; and that per-run cost:
+    a plain session.run of the chain of 1 (numpy in, a new array out, as `mapper measure`
+    and most users call it) less its one op."""
     x = np.ones(1, np.float32)
     runs: dict[int, list[float]] = {}
+    sessions = {}
     for length in (CHAIN_LENGTH + 1, 1):
-        session = _session(_chain_model(length), threads)
-        runs[length] = _repeat(_bound_runner(session, {"X": x}, np.empty(1, np.float32)),
-                               budget_s / 2)
+        sessions[length] = _session(_chain_model(length), threads)
+        runs[length] = _repeat(_bound_runner(sessions[length], {"X": x},
+                                             np.empty(1, np.float32)), budget_s / 3)
     long_run, short_run = runs[CHAIN_LENGTH + 1], runs[1]
     per_op = max((statistics.median(long_run) - statistics.median(short_run)) / CHAIN_LENGTH,
                  1e-9)
-    return _summary("op_overhead", per_op, "s", long_run,
-                    f"onnxruntime chain of {CHAIN_LENGTH + 1} Adds on [1] tensors minus a "
-                    f"chain of 1, / {CHAIN_LENGTH}, {threads} thread"
-                    + ("s" if threads > 1 else ""))
+    suffix = f", {threads} thread" + ("s" if threads > 1 else "")
+    plain = _repeat(lambda: sessions[1].run(None, {"X": x}), budget_s / 3)
+    per_run = max(statistics.median(plain) - per_op, 1e-9)
+    return (_summary("op_overhead", per_op, "s", long_run,
+                     f"onnxruntime chain of {CHAIN_LENGTH + 1} Adds on [1] tensors minus a "
+                     f"chain of 1, / {CHAIN_LENGTH}{suffix}"),
+            _summary("run_overhead", per_run, "s", plain,
+                     f"onnxruntime session.run of one Add on a [1] tensor (numpy feeds, "
+                     f"output allocated) minus one op_overhead{suffix}"))
 
 
 def probe(seconds: float = DEFAULT_SECONDS) -> ProbeResult:
@@ -401,7 +409,7 @@ def probe(seconds: float = DEFAULT_SECONDS) -> ProbeResult:
     except Exception as error:  # an onnxruntime build without the kernel: no int8 peak
         skipped.append(f"int8_gemm: {str(error).strip().splitlines()[0][:200]}")
     measured.append(measure_bandwidth(facts, seconds * _SHARES["bandwidth"]))
-    measured.append(measure_op_overhead(facts.cores, seconds * _SHARES["op_overhead"]))
+    measured.extend(measure_dispatch(facts.cores, seconds * _SHARES["op_overhead"]))
     return ProbeResult(facts=facts, measurements=tuple(measured), skipped=tuple(skipped),
                        seconds=time.perf_counter() - started,
                        onnxruntime_version=ort.__version__)
@@ -489,6 +497,9 @@ def render_yaml(result: ProbeResult, name: str) -> str:
     overhead = m["op_overhead"]
     lines.append(_line("op_overhead", f"{overhead.value * 1e6:.3g}us",
                        f"measured: {overhead.method}", 2))
+    run = m["run_overhead"]
+    lines.append(_line("run_overhead", f"{run.value * 1e6:.3g}us", f"measured: {run.method}",
+                       2))
     lines.append("memory:")
     for level_name, cache in zip(_level_names(facts.caches), facts.caches, strict=True):
         index = f"read: /sys/devices/system/cpu/cpu0/cache (level {cache.level})"

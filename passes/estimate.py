@@ -8,7 +8,9 @@ are split by its plan: the step's off-chip bytes at main-memory bandwidth, the r
 managed level's bandwidth (so a bigger scratchpad shows up as lower latency), and
 `offchip_bytes` is the plan's total. Operators run one after another. When the moe pass
 placed experts across devices, its per-forward all-to-all time is added to `latency_s` and
-reported as `moe_alltoall_s`; the experts' compute is already in the per-op rows.
+reported as `moe_alltoall_s`; the experts' compute is already in the per-op rows. The
+hardware model's `run_overhead` (a probed host's session.run cost) is paid once per run and
+reported as `run_overhead_s`: for a model of a few tiny ops it is most of the latency.
 
 On CPU hardware (kind `cpu`, run by onnxruntime's CPU provider) the estimate prices the graph
 onnxruntime runs: nodes its optimizer fuses into one kernel (`mapper.costs.fusion`: Conv,
@@ -175,8 +177,10 @@ class EstimatePass(Pass):
                              f"B, the {row['memory']} of {hardware.name} holds "
                              f"{row['capacity']} B")
         estimate = {
-            "latency_s": sum(row["time_s"] for row in rows) + alltoall,
+            "latency_s": (sum(row["time_s"] for row in rows) + alltoall
+                          + hardware.compute.run_overhead_s),
             "moe_alltoall_s": alltoall,
+            "run_overhead_s": hardware.compute.run_overhead_s,
             "offchip_bytes": int(offchip),
             "peak_device_bytes": peak,
             "device_memory_bytes": device_memory,

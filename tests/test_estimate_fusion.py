@@ -126,3 +126,22 @@ def test_cpu_gemm_efficiency_and_cache_bandwidth():
     # A tensor that fits one core's L2 streams at its L2 rate; one past every cache at DRAM's.
     assert resident_bandwidth(hardware, 2**19, 1) == hardware.memory["l2"].bandwidth
     assert resident_bandwidth(hardware, 2**40, 1) == dram
+
+
+def test_run_overhead_is_paid_once_per_run(tmp_path):
+    path = tmp_path / "in.onnx"
+    onnx.save(conv_relu_then_mlp(), path)
+    latencies = {}
+    for overhead in ("0", "7us"):
+        options = CompileOptions(passes=("estimate",),
+                                 hardware_overrides=(f"compute.run_overhead={overhead}",))
+        loaded = load_for(path, options)
+        plan, _ = plan_loaded(loaded, resolve_hardware("epyc-9654", options), options,
+                              str(path))
+        latencies[overhead] = plan["estimate"]["latency_s"]
+        assert plan["estimate"]["run_overhead_s"] == pytest.approx(
+            0 if overhead == "0" else 7e-6)
+        assert plan["estimate"]["latency_s"] == pytest.approx(
+            sum(row["time_s"] for row in plan["estimate"]["ops"])
+            + plan["estimate"]["run_overhead_s"])
+    assert latencies["7us"] - latencies["0"] == pytest.approx(7e-6)

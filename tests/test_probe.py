@@ -42,7 +42,9 @@ def test_probe_writes_a_valid_cpu_model_with_a_source_on_every_figure(probed):
             or "# derived:" in line, line
     assert "# measured: onnxruntime MatMul 1024^3 fp32" in text
     measurements = payload["measurements"]
-    assert {"fp32_gemm", "fp32_gemm_1t", "bandwidth", "op_overhead"} <= set(measurements)
+    assert {"fp32_gemm", "fp32_gemm_1t", "bandwidth", "op_overhead",
+            "run_overhead"} <= set(measurements)
+    assert "# measured: onnxruntime session.run of one Add" in text
     assert all(m["runs"] >= 5 and m["value"] > 0 for m in measurements.values())
 
 
