@@ -56,6 +56,10 @@ def _check_memory(hw: Hardware) -> list[str]:
 
 def _check_compute(hw: Hardware) -> list[str]:
     problems = []
+    sustained = hw.compute.sustained_clock_hz
+    if sustained is not None and not 0 < sustained <= hw.compute.clock_hz:
+        problems.append(f"compute.sustained_clock: {sustained / 1e6:.0f} MHz must be above 0 "
+                        f"and at most the boost clock ({hw.compute.clock_hz / 1e6:.0f} MHz)")
     for dtype in hw.compute.matrix_shapes:
         if dtype not in hw.compute.peak_ops:
             problems.append(f"compute.matrix_shapes.{dtype}: no peak_ops entry for {dtype}; a "

@@ -101,6 +101,11 @@ class Compute(BaseModel):
     units: Count = Field(description="Number of compute units (SMs, CUs, TensorCores, PEs, MACs).")
     unit_name: str = Field(min_length=1, description="What one unit is called: SM, CU, PE, ...")
     clock_hz: Hertz = Field(alias="clock", description="Peak (boost) clock in Hz.")
+    sustained_clock_hz: Hertz | None = Field(
+        default=None, alias="sustained_clock",
+        description="Clock the units hold under sustained full matrix load, in Hz: power- "
+        "and thermally-limited parts run well below their boost clock (the datasheet peaks "
+        "assume the boost clock); null: the boost clock. Matrix kernels are priced at it.")
     peak_ops: dict[DType, Ops] = Field(
         description="Dense peak throughput per dtype in ops/s (one MAC = 2 ops); absent = "
         "not supported natively."
@@ -185,6 +190,11 @@ class KernelLimits(BaseModel):
     )
     shared_memory_per_unit: Bytes = Field(description="Shared memory / LDS per SM / CU, bytes.")
     vector_load_bytes: Count = Field(description="Widest load per thread in bytes (16 = 128 bit).")
+    block_wide_mma: bool = Field(
+        default=False,
+        description="The matrix instruction is issued once for the whole block (Blackwell's "
+        "tcgen05.mma, accumulating in tensor memory): each operand tile is read from shared "
+        "memory once per k-step, not once per issuing warp or warpgroup.")
 
 
 class Interconnect(BaseModel):
@@ -252,6 +262,13 @@ class Hardware(BaseModel):
     def peak(self, dtype: str) -> float | None:
         """Dense peak ops/s for `dtype`, or None when the device has no native support."""
         return self.compute.peak_ops.get(dtype)  # type: ignore[call-overload]
+
+    @property
+    def sustained_share(self) -> float:
+        """Sustained clock / boost clock: the share of a datasheet matrix peak held under
+        load (1 where no sustained clock is stated)."""
+        sustained = self.compute.sustained_clock_hz
+        return sustained / self.compute.clock_hz if sustained else 1.0
 
     def to_plan_dict(self) -> dict[str, Any]:
         """The resolved model as JSON-able plain numbers under the YAML keys.

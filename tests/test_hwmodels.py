@@ -444,3 +444,18 @@ def test_builtin_cpus_state_the_peak_their_cores_give(name):
     assert hw.peak("fp32") == pytest.approx(derived, rel=1e-3)
     # int8 dot products (VNNI, SDOT) at four times the fp32 rate
     assert hw.peak("int8") == pytest.approx(4 * derived, rel=1e-3)
+
+
+def test_sustained_clock_slows_matrix_work_only_and_may_not_exceed_the_boost_clock():
+    from mapper.costs.roofline import peak_for
+
+    l4 = load_hardware("l4")
+    assert l4.compute.sustained_clock_hz is not None
+    share = l4.compute.sustained_clock_hz / l4.compute.clock_hz
+    assert l4.sustained_share == pytest.approx(share)
+    assert peak_for(l4, "fp16", True)[0] == pytest.approx(l4.peak("fp16") * share)
+    assert peak_for(l4, "fp32", False)[0] == pytest.approx(l4.peak("fp32"))
+    boosted = load_hardware("l4", ("compute.sustained_clock=2.04GHz",))
+    assert boosted.sustained_share == 1.0
+    with pytest.raises(UserError, match="sustained_clock"):
+        load_hardware("l4", ("compute.sustained_clock=3GHz",))

@@ -291,3 +291,18 @@ def test_report_section_lists_kernels(zoo):
     html = kernels_section({"kernels": kernels})
     assert "Kernels (tiling)" in html and "linear" in html and "cached" in html
     assert kernels_section({"kernels": []}) == ""
+
+
+def test_a_sustained_clock_slows_compute_bound_gemms_by_its_share():
+    problem = GemmProblem.dense(8192, 8192, 8192, "fp16")
+    boost = load_hardware("l4", ("compute.sustained_clock=2.04GHz",))
+    sustained = load_hardware("l4")
+    fast = tile_problem(boost, problem, TilingConfig())
+    slow = tile_problem(sustained, problem, TilingConfig())
+    assert fast["bound"] == slow["bound"] == "compute"
+    assert slow["est_time_s"] / fast["est_time_s"] == pytest.approx(
+        1 / sustained.sustained_share, rel=0.05)
+    # A memory-bound GEMV streams its weight at the same bytes per second either way.
+    gemv = GemmProblem.dense(1, 8192, 8192, "fp16")
+    assert tile_problem(sustained, gemv, TilingConfig())["est_time_s"] == pytest.approx(
+        tile_problem(boost, gemv, TilingConfig())["est_time_s"], rel=0.15)

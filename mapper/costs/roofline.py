@@ -51,7 +51,8 @@ def peak_for(hardware: Hardware, dtype: str, matrix: bool) -> tuple[float, str]:
     for candidate in chain:
         peak = hardware.peak(candidate)
         if peak:
-            return peak, candidate
+            # Matrix engines are what a power limit throttles under sustained load.
+            return peak * (hardware.sustained_share if matrix else 1.0), candidate
     best = max(hardware.compute.peak_ops.items(), key=lambda item: item[1])
     return best[1], best[0]
 

@@ -39,6 +39,7 @@ Cost model (integer SM clock cycles; rates are fixed point with denominator 16):
              warps than the SM's 4 sub-partitions are resident
     smem   = (grid_n*BM*BK*a + grid_m*BK*BN*b + BK*(BM*a + BN*b)) / shared-memory bytes per
              cycle: every issuer reads its A rows and B columns, and the stage is written
+             (a block-wide MMA, Blackwell's tcgen05, reads each tile once: grid factors 1)
     c      = max(mma, smem) + SYNC
     iter   = max(c, ceil((LATENCY + c) / (resident blocks * stages)))  -- Little's law:
              each buffer is held for a load's latency plus its compute
@@ -58,7 +59,10 @@ Constants and why (calibration against published measurements: benchmarks/RESULT
                   the boost clock at all times; under full tensor load the clock sags to
                   what the power limit sustains (NVIDIA's A100 HPL Rpeak uses 1305 MHz of
                   its 1410 MHz boost, 0.93), less a few percent of issue slots that
-                  address arithmetic, barriers and fragment loads take from MMAs.
+                  address arithmetic, barriers and fragment loads take from MMAs. Parts
+                  whose power limit holds the clock far lower under matrix load (T4, L4,
+                  MI300X) state `compute.sustained_clock`: the SM's per-cycle rates stay
+                  architectural (datasheet / boost clock) and cycles become seconds at it.
   ETA_MEM = 0.90  attainable fraction of datasheet DRAM/L2 bandwidth (stream-like kernels
                   reach about 90% of HBM peak on A100/H100).
   LATENCY = 500   cycles a main-loop load takes: between an L2 hit (about 200-300 cycles)
@@ -128,6 +132,7 @@ class GpuTarget:
     units: int
     warp_size: int
     issue_warps: int          # warps per MMA issuer: 1, or 4 for warpgroup MMA
+    block_wide_mma: bool      # one MMA stream per block reads each operand tile once
     mma: tuple[int, int, int]
     simt: bool
     mac_q: int                # MACs per cycle per SM x SCALE, after ETA_MMA
@@ -219,11 +224,14 @@ def gpu_target(hardware: Hardware, dtype: str) -> GpuTarget:
         raise UserError(f"{hardware.name}: the {dtype} matrix shape {list(mma)} is not made of "
                         "powers of two, which the GPU tile model (power-of-two tiles) needs")
     compute = hardware.compute
-    clock = compute.clock_hz
+    # Per-cycle rates of the SM are architectural (datasheet figure / boost clock); cycles
+    # become seconds at the clock held under load, while memory keeps its bytes per second.
+    boost = compute.clock_hz
+    clock = compute.sustained_clock_hz or boost
     units = compute.units
     smem = _pick_level(hardware, ("shared", "lds", "smem"), "unit", limits.shared_memory_per_unit)
     # Without a shared-memory level in the YAML, assume the common 32 banks x 4 bytes.
-    smem_bpc = max(1, round(smem.bandwidth / clock)) if smem is not None else 128
+    smem_bpc = max(1, round(smem.bandwidth / boost)) if smem is not None else 128
     main_name, main = hardware.main_memory
     caches = [lv for n, lv in hardware.memory.items() if lv.scope == "device" and n != main_name]
     l2_bw = caches[0].bandwidth if caches else main.bandwidth
@@ -231,8 +239,9 @@ def gpu_target(hardware: Hardware, dtype: str) -> GpuTarget:
     return GpuTarget(
         name=hardware.name, dtype=dtype, clock_hz=clock, units=units,
         warp_size=limits.warp_size, issue_warps=4 if mma[0] >= 64 else 1,
+        block_wide_mma=limits.block_wide_mma and not simt,
         mma=(mma[0], mma[1], mma[2]), simt=simt,
-        mac_q=max(1, round(peak * ETA_MMA / (2 * units * clock) * SCALE)),
+        mac_q=max(1, round(peak * ETA_MMA / (2 * units * boost) * SCALE)),
         smem_bpc=smem_bpc, l2_q=l2_q,
         dram_q=max(1, round(main.bandwidth * ETA_MEM / clock * SCALE)),
         store_q=max(1, l2_q // units), latency=LATENCY,
@@ -345,8 +354,9 @@ def evaluate(problem: GemmProblem, target: GpuTarget, space: GpuSpace,
     n_sm = _cdiv(blocks, t.units)
     resident = np.maximum(1, np.minimum(bpu, n_sm))
     mma = _cdiv(bm * bn * bk * SCALE, t.mac_q)
-    smem_cyc = _cdiv((gn * bm * bk * p.a_bits + gm * bk * bn * p.b_bits) // 8 + stage_bytes,
-                     t.smem_bpc)
+    readers_a, readers_b = (1, 1) if t.block_wide_mma else (gn, gm)
+    smem_cyc = _cdiv((readers_a * bm * bk * p.a_bits + readers_b * bk * bn * p.b_bits) // 8
+                     + stage_bytes, t.smem_bpc)
     active = np.minimum(SUBCORES, resident * warps)
     mma_eff = _cdiv(mma * SUBCORES, active)
     c = np.maximum(mma_eff, smem_cyc) + SYNC
@@ -627,9 +637,13 @@ def solve_cpsat(problem: GemmProblem, target: GpuTarget, space: GpuSpace,
     mma = exp_table(lbm + lbn + lbk, bm_lo + bn_lo + bk_lo, bm_hi + bn_hi + bk_hi,
                     lambda v: _cdiv(v * SCALE, t.mac_q), "mma")
     mma_hi = _cdiv(2 ** (bm_hi + bn_hi + bk_hi) * SCALE, t.mac_q)
-    rd_a = exp_table(lgn + lbm + lbk, bm_lo + bk_lo, bm_hi + bk_hi + max(_log2(
+    # Operand tiles read from shared memory per k-step: once per issuer along the other
+    # dimension, or once per block for a block-wide MMA.
+    read_a = 0 if t.block_wide_mma else lgn
+    read_b = 0 if t.block_wide_mma else lgm
+    rd_a = exp_table(read_a + lbm + lbk, bm_lo + bk_lo, bm_hi + bk_hi + max(_log2(
         tuple(grid_n_v))), lambda v: v * p.a_bits // 8, "rd_a")
-    rd_b = exp_table(lgm + lbn + lbk, bn_lo + bk_lo, bn_hi + bk_hi + max(_log2(
+    rd_b = exp_table(read_b + lbn + lbk, bn_lo + bk_lo, bn_hi + bk_hi + max(_log2(
         tuple(grid_m_v))), lambda v: v * p.b_bits // 8, "rd_b")
     rd_hi = (2 ** (bm_hi + bk_hi + g_hi) * p.a_bits + 2 ** (bn_hi + bk_hi + g_hi) * p.b_bits) // 8
     rd_hi += stage_hi
