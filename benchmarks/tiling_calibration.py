@@ -280,7 +280,8 @@ def main() -> None:
                      f"{' persistent' if tile['persistent'] else ''}")
         shown = (f"{item.value:g} {item.unit}" if item.unit != "TFLOP/s" else "-")
         lines.append(f"| {'yes' if item.held_out else ''} | {item.shape_class} | {item.source} "
-                     f"| {item.what} ({item.method}) | {load_hardware(item.hardware).name} | {item.dtype} | "
+                     f"| {item.what} ({item.method}) | {load_hardware(item.hardware).name} | "
+                     f"{item.dtype} | "
                      f"{_shape(item)} | {shown} | {measured:.1f} | {predicted:.1f} | "
                      f"{100 * error:+.1f}%{'' if ok else ' (miss)'} | {record['bound']} | "
                      f"{tile_text} |")
