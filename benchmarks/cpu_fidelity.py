@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import math
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -124,68 +123,14 @@ def model_list() -> list[tuple[str, Path, dict[str, tuple[int, ...]]]]:
     return found
 
 
-def ort_owners(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
-    """onnxruntime node (level ALL) -> the model node that produces the tensor it writes
-    (NCHWc and fused nodes get new names; their outputs keep, or suffix, the model's)."""
-    import onnx
-    import onnxruntime as ort
-
-    from mapper.driver import load_for
-    from mapper.emit import save_model
-    from mapper.options import CompileOptions
-
-    loaded = load_for(path, CompileOptions(input_shapes=dict(shapes)))
-    producers = {t: node.name for node in loaded.model.graph.node for t in node.output}
-    with tempfile.TemporaryDirectory(prefix="cpu-fidelity-") as tmp:
-        source, optimized = Path(tmp) / "model.onnx", Path(tmp) / "optimized.onnx"
-        save_model(loaded.model, source)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.optimized_model_filepath = str(optimized)
-        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(str(optimized), load_external_data=False).graph
-    weight_users: dict[str, list[str]] = {}
-    initializers = {init.name for init in loaded.model.graph.initializer}
-    for model_node in loaded.model.graph.node:
-        for tensor in model_node.input:
-            if tensor in initializers:
-                weight_users.setdefault(tensor, []).append(model_node.name)
-
-    def base(tensor: str) -> str:
-        while tensor not in producers and tensor.endswith("_nchwc"):
-            tensor = tensor.removesuffix("_nchwc")
-        return tensor
-
-    owners = {}
-    for node in graph.node:
-        found = [producers[base(t)] for t in node.output if base(t) in producers]
-        # Else a weight only one model node reads (an NCHWc conv's reordered filter).
-        found += [weight_users[base(t)][0] for t in node.input
-                  if len(weight_users.get(base(t), ())) == 1]
-        if found:
-            owners[node.name] = found[0]
-    # Else the owner of the node that reads its output (an NCHWc conv whose ReorderOutput
-    # writes the model's tensor).
-    readers = {t: node.name for node in graph.node for t in node.input}
-    for node in graph.node:
-        if node.name not in owners:
-            after = [owners[readers[t]] for t in node.output if readers.get(t) in owners]
-            if after:
-                owners[node.name] = after[0]
-    return owners
-
-
 def measure_all(found: list[tuple[str, Path, dict[str, tuple[int, ...]]]]) -> dict[str, Any]:
-    """Per model and thread count: the median latency and per-node measured seconds (the
-    onnxruntime nodes the profiler names after no model node are given to the model node
-    whose tensor they write)."""
+    """Per model and thread count: the median latency and per-node measured seconds
+    (`mapper measure` gives the nodes onnxruntime made to the model node they came from)."""
     from mapper.measure import measure_model
 
     out: dict[str, Any] = {}
     for label, path, shapes in found:
         out[label] = {}
-        owners = ort_owners(path, shapes)
         for threads in THREADS:
             started = time.perf_counter()
             try:
@@ -197,12 +142,7 @@ def measure_all(found: list[tuple[str, Path, dict[str, tuple[int, ...]]]]) -> di
                 break
             nodes = {n.node: n.measured_s for n in result.nodes
                      if n.in_model and n.measured_s is not None}
-            unattributed = 0.0
-            for n in result.nodes:
-                if not n.in_model and n.node in owners:
-                    nodes[owners[n.node]] = nodes.get(owners[n.node], 0.0) + (n.measured_s or 0)
-                elif not n.in_model:
-                    unattributed += n.measured_s or 0.0
+            unattributed = sum(n.measured_s or 0.0 for n in result.nodes if not n.in_model)
             out[label][str(threads)] = {"median_s": result.median_s, "nodes": nodes,
                                         "unattributed_s": unattributed}
             print(f"{label} {threads}T: {result.median_s * 1e3:.2f} ms "

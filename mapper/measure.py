@@ -92,12 +92,19 @@ class MeasureResult:
                               "estimate_s": o.estimate_s} for o in self.op_types]}
 
 
-def _session(path: Path, source: str, threads: int, level: str, profile_prefix: str | None
-             ) -> Any:
+def _session(path: Path, source: str, threads: int, level: str, profile_prefix: str | None,
+             optimized: Path | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if optimized is not None:
+        # The graph onnxruntime runs, to map its fused and re-laid-out nodes back; weights go
+        # to a side file so that models past protobuf's 2 GB still write.
+        options.optimized_model_filepath = str(optimized)
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name",
+            optimized.name + ".data")
     options.intra_op_num_threads = threads
     options.graph_optimization_level = {
         "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -168,18 +175,54 @@ def _fused_into(ort_name: str, model_nodes: Mapping[str, str],
     return base if base in model_nodes else producers.get(base)
 
 
+def ort_owners(model: Any, optimized: Any) -> dict[str, str]:
+    """onnxruntime node of the `optimized` graph -> the node of `model` it was made from:
+    the producer of the tensor it writes (NCHWc and fused nodes get new names; their outputs
+    keep, or suffix, the model's), else the one reader of a weight it reads (a reordered
+    filter), else the owner of the node that reads its output (a ReorderOutput)."""
+    producers = {t: node.name for node in model.graph.node for t in node.output}
+    initializers = {init.name for init in model.graph.initializer}
+    weight_users: dict[str, list[str]] = {}
+    for model_node in model.graph.node:
+        for tensor in model_node.input:
+            if tensor in initializers:
+                weight_users.setdefault(tensor, []).append(model_node.name)
+
+    def base(tensor: str) -> str:
+        while tensor not in producers and tensor.endswith("_nchwc"):
+            tensor = tensor.removesuffix("_nchwc")
+        return tensor
+
+    owners = {}
+    for node in optimized.node:
+        found = [producers[base(t)] for t in node.output if base(t) in producers]
+        found += [weight_users[base(t)][0] for t in node.input
+                  if len(weight_users.get(base(t), ())) == 1]
+        if found:
+            owners[node.name] = found[0]
+    readers = {t: node.name for node in optimized.node for t in node.input}
+    for node in optimized.node:
+        if node.name not in owners:
+            after = [owners[readers[t]] for t in node.output if readers.get(t) in owners]
+            if after:
+                owners[node.name] = after[0]
+    return owners
+
+
 def node_rows(model_nodes: Mapping[str, str], measured: Mapping[str, tuple[str, float]],
               runs: int, estimates: Mapping[str, float] | None,
-              producers: Mapping[str, str] | None = None) -> tuple[NodeTime, ...]:
+              producers: Mapping[str, str] | None = None,
+              owners: Mapping[str, str] | None = None) -> tuple[NodeTime, ...]:
     """One row per model node (model order), then the onnxruntime nodes of no model node;
-    `producers` (tensor -> node) attributes fused nodes named after a tensor."""
+    `producers` (tensor -> node) attributes fused nodes named after a tensor, `owners`
+    (`ort_owners`) the rest of the nodes onnxruntime made; their time joins the owner's."""
     per_run = {name: (op, total / runs) for name, (op, total) in measured.items()}
     attributed: dict[str, tuple[float, str]] = {}
     extra = []
     for name, (op, seconds) in per_run.items():
         if name in model_nodes:
             continue
-        owner = _fused_into(name, model_nodes, producers or {})
+        owner = _fused_into(name, model_nodes, producers or {}) or (owners or {}).get(name)
         if owner is not None:
             before = attributed.get(owner, (0.0, name))[0]
             attributed[owner] = (before + seconds, name)
@@ -189,13 +232,23 @@ def node_rows(model_nodes: Mapping[str, str], measured: Mapping[str, tuple[str, 
     for name, op in model_nodes.items():
         estimate = estimates.get(name) if estimates is not None else None
         if name in per_run:
-            rows.append(NodeTime(name, op, per_run[name][1], estimate))
+            helpers = attributed.get(name, (0.0, name))[0]
+            rows.append(NodeTime(name, op, per_run[name][1] + helpers, estimate))
         elif name in attributed:
             seconds, ran_as = attributed[name]
             rows.append(NodeTime(name, op, seconds, estimate, ran_as=ran_as))
         else:
             rows.append(NodeTime(name, op, None, estimate))
     return (*rows, *extra)
+
+
+def _owners(model: Any, optimized: Path) -> dict[str, str]:
+    """`ort_owners` from the graph onnxruntime wrote; none where it wrote nothing."""
+    import onnx
+
+    if not optimized.is_file():
+        return {}
+    return ort_owners(model, onnx.load(str(optimized), load_external_data=False).graph)
 
 
 def op_type_rows(nodes: tuple[NodeTime, ...], with_estimate: bool) -> tuple[OpTypeTime, ...]:
@@ -246,7 +299,9 @@ def measure_model(model_path: Path, *, hardware: str | None = None,
     with tempfile.TemporaryDirectory(prefix="mapper-measure-") as tmp:
         path = Path(tmp) / "model.onnx"
         save_model(loaded.model, path)
-        plain = _session(path, source, threads, ort_level, None)
+        optimized = Path(tmp) / "optimized.onnx"
+        plain = _session(path, source, threads, ort_level, None, optimized)
+        owners = _owners(loaded.model, optimized)
         wanted = {i.name for i in plain.get_inputs()}
         feeds = {name: value for name, value in feeds.items() if name in wanted}
         latencies = time_runs(plain, feeds, warmup, runs, source)
@@ -260,7 +315,7 @@ def measure_model(model_path: Path, *, hardware: str | None = None,
     hw_name, estimates, estimate_s = (None, None, None)
     if hardware is not None:
         hw_name, estimates, estimate_s = _estimate(loaded, hardware, options, source)
-    nodes = node_rows(model_nodes, measured, runs, estimates, producers)
+    nodes = node_rows(model_nodes, measured, runs, estimates, producers, owners)
     return MeasureResult(model=source, runs=runs, warmup=warmup, threads=threads,
                          ort_level=ort_level, median_s=statistics.median(latencies),
                          min_s=min(latencies), max_s=max(latencies), nodes=nodes,

@@ -56,3 +56,32 @@ def test_measure_refuses_bad_input_with_exit_2(tmp_path):
     assert unresolved.code == 2 and "batch" in unresolved.stderr
     missing = run_mapper("measure", str(tmp_path / "absent.onnx"))
     assert missing.code == 2 and "absent.onnx" in missing.stderr
+
+
+def test_nodes_onnxruntime_makes_are_given_to_the_model_nodes_they_came_from(tmp_path):
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1] * 4),
+             helper.make_node("Add", ["c2", "r1"], ["y"], name="residual")]
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w1", (32, 16, 3, 3)), ("b1", (32,)),
+                                 ("w2", (32, 32, 3, 3)), ("b2", (32,)))]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 32, 32])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "conv.onnx"
+    onnx.save(model, path)
+    result = run_mapper("measure", str(path), "--runs", "3", "--ort-level", "all", "--json")
+    assert result.code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    # onnxruntime fuses and re-lays out (NCHWc reorders, Conv+Relu, Conv+Add); every kernel
+    # it ran lands on a model node, none is left unattributed.
+    assert [row["node"] for row in payload["nodes"]] == [n.name for n in nodes]
+    assert all(row["in_model"] for row in payload["nodes"])
+    assert any(row["ran_as"] for row in payload["nodes"])
