@@ -145,3 +145,17 @@ def test_run_overhead_is_paid_once_per_run(tmp_path):
             sum(row["time_s"] for row in plan["estimate"]["ops"])
             + plan["estimate"]["run_overhead_s"])
     assert latencies["7us"] - latencies["0"] == pytest.approx(7e-6)
+
+
+def test_integer_ops_multiply_their_codes_without_decoding_them():
+    from mapper.costs import dequant_ops
+    from mapper.formats import WeightFormat
+
+    def int8(container: str) -> WeightFormat:
+        return WeightFormat(name="w", shape=(256, 512), scheme="int", bits=8, group_size=256,
+                            symmetric=True, sparsity=0.0, rank=0, stored_bytes=131072,
+                            packed_bytes=131072, parts=("w",), container=container)
+
+    assert dequant_ops(int8("MatMulInteger"), 4) == 0.0
+    assert dequant_ops(int8("QLinearConv"), 4) == 0.0
+    assert dequant_ops(int8("DequantizeLinear"), 4) == 2.0 * 256 * 512

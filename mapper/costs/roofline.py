@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mapper.costs.dtypes import FALLBACK_CHAIN, VECTOR_DTYPES
+from mapper.formats import INTEGER_OPS
 
 if TYPE_CHECKING:
     from mapper.formats import WeightFormat
@@ -60,7 +61,8 @@ def peak_for(hardware: Hardware, dtype: str, matrix: bool) -> tuple[float, str]:
 def dequant_ops(weight: WeightFormat, rows: int) -> float:
     """Vector ops to decode `weight` for a product with `rows` rows of activations."""
     per_weight = DEQUANT_OPS_PER_WEIGHT.get(weight.scheme, 0.0)
-    if not per_weight:
+    if not per_weight or weight.container in INTEGER_OPS:
+        # An integer op (MatMulInteger, QLinearConv, ...) multiplies the codes as they are.
         return 0.0
     kept = weight.elements * (1.0 - weight.sparsity)
     return kept * per_weight * max(1, math.ceil(rows / DEQUANT_REUSE_ROWS))
