@@ -42,9 +42,8 @@ OP_SHARE = 0.01  # per-op fidelity covers ops above 1% of their model's measured
 BIG_KERNEL_S = 100e-6  # outliers are listed among kernels of at least this measured time
 RUNS, WARMUP = 20, 3
 THREADS = (1, 2)
-REFERENCE = ("resnet_small", "resnet50", "gpt_decoder", "minilm_l6", "moe_transformer")
-# smollm2_135m is left out: one run takes seconds at one thread, and 2 x 2 x 23 of them
-# would double the benchmark's time on a shared 2-core host.
+REFERENCE = ("resnet_small", "resnet50", "gpt_decoder", "minilm_l6", "moe_transformer",
+             "smollm2_135m")
 CORPUS = ("squeezenet1_1", "mobilenet_v1", "resnet50", "inception_v1", "densenet121",
           "ppocr_mobile_v2_cls", "ppocrv4_rec", "magika_standard_v3_3", "zoo_light_shufflenet",
           "q_ort_static_cnn", "q_ort_dynamic_mlp", "torch03_batchnorm2d", "zoo_light_squeezenet")
@@ -359,8 +358,7 @@ def main() -> None:
         f"CPU provider, optimization level ALL, median of {RUNS} runs after {WARMUP} warm-up "
         "at 1 and 2 intra-op threads. Predicted: the estimate of the same loaded graph "
         "(dims fixed, no other pass). Target: ratio within 25%; per-op Spearman >= 0.8 over "
-        "ops above 1% of their model's measured kernel time. smollm2_135m is left out (seconds "
-        "per run at one thread on this shared host).", "",
+        "ops above 1% of their model's measured kernel time.", "",
         "### Before: today's estimate on the same probed host files (each node priced alone: "
         "roofline + overhead, DRAM "
         "bandwidth, no fusion)", "", summary(report, "before"), "", *table(report, "before"),
