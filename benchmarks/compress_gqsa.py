@@ -317,16 +317,12 @@ _TABLES = ("### Against the baselines and onnxruntime's quantizers", "### What e
 def _existing(model: str) -> list[list[str]]:
     """Each table's rows for `model` as RESULTS.md has them (kept when another model is
     re-measured)."""
-    from benchmarks.results import RESULTS
+    from benchmarks.results import section
 
-    text = RESULTS.read_text()
-    if "<!-- compress-gqsa:start -->" not in text:
-        return [[] for _ in _TABLES]
-    section = text[text.index("<!-- compress-gqsa:start -->"):
-                   text.index("<!-- compress-gqsa:end -->")]
+    text = section("compress-gqsa")
     tables = []
     for heading in _TABLES:
-        body = section.split(heading)[1].split("###")[0] if heading in section else ""
+        body = text.split(heading)[1].split("###")[0] if heading in text else ""
         tables.append([line for line in body.splitlines()
                        if line.startswith(f"| {model} |")])
     return tables

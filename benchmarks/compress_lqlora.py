@@ -31,7 +31,7 @@ import onnx
 
 from benchmarks.compress_gqsa import Bench, _compile, _minilm, _score, _smollm
 from benchmarks.lqlora_table import compare_rows, matrix_sites
-from benchmarks.results import update_section
+from benchmarks.results import section, update_section
 from mapper.compression.sites import find_sites, site_matrix
 from mapper.loader import load_model
 from mapper.options import CompressionConfig
@@ -226,12 +226,8 @@ _FAMILIES = (("LQ-LoRA budget", "LQ-LoRA (factors in budget)"), ("uniform ", "un
 
 def _points_from_results() -> dict[str, dict[str, list[tuple[float, float]]]]:
     """The quality table's points, read back from RESULTS.md (`--plot-only`)."""
-    from benchmarks.results import RESULTS
-
-    text = RESULTS.read_text()
-    section = text[text.index("<!-- compress-lqlora:start -->"):
-                   text.index("<!-- compress-lqlora:end -->")]
-    table = section.split("### Quality against stored bits")[1].split("###")[0]
+    text = section("compress-lqlora")
+    table = text.split("### Quality against stored bits")[1].split("###")[0]
     points: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -247,12 +243,8 @@ def _points_from_results() -> dict[str, dict[str, list[tuple[float, float]]]]:
 
 def _existing_rows(heading: str) -> list[str]:
     """The rows of one table of the section as RESULTS.md has them."""
-    from benchmarks.results import RESULTS
-
-    text = RESULTS.read_text()
-    section = text[text.index("<!-- compress-lqlora:start -->"):
-                   text.index("<!-- compress-lqlora:end -->")]
-    table = section.split(heading)[1].split("###")[0]
+    text = section("compress-lqlora")
+    table = text.split(heading)[1].split("###")[0]
     return [line for line in table.splitlines()
             if line.startswith("| ") and not line.startswith(("| model |", "| budget |",
                                                               "| matrix |"))]
@@ -284,13 +276,9 @@ SMOLLM_BUDGETS = (2.5, 3.25, 4.0, 4.5)
 def _gqsa_smollm_rows() -> list[str]:
     """SmolLM2-135M's dense GQSA points (s = 0, g128, stage 2 refit: the grid's first
     column) as the GQSA section measured them, relabelled for this table."""
-    from benchmarks.results import RESULTS
-
-    text = RESULTS.read_text()
-    section = text[text.index("<!-- compress-gqsa:start -->"):
-                   text.index("<!-- compress-gqsa:end -->")]
+    text = section("compress-gqsa")
     rows = []
-    for line in section.splitlines():
+    for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 5 and cells[0] == "SmolLM2-135M" and cells[1] in (
                 "W2S0 g128", "W3S0 g128", "W4S0 g128"):

@@ -19,6 +19,15 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def section(key: str) -> str:
+    """The text of the section marked `key` as RESULTS.md has it ("" when there is none)."""
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    if start not in text:
+        return ""
+    return text[text.index(start):text.index(end)]
+
+
 def update_section(key: str, title: str, body: str) -> None:
     """Replace (or append) the section marked `key` in RESULTS.md with `body`."""
     text = RESULTS.read_text() if RESULTS.exists() else _HEADER
