@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from benchmarks.results import update_section
 from mapper.hwmodels.loader import load_hardware
+from mapper.hwmodels.schema import Hardware
 from mapper.options import TilingConfig
 from mapper.passes.tiling import gpu, tile_problem
 from mapper.passes.tiling.problems import GemmProblem
@@ -68,8 +69,14 @@ class Measurement:
     batch: int = 1
     method: str = "fastest"  # fastest (best iteration) | mean (back-to-back) | device (kernel)
 
-    def seconds(self, problem: GemmProblem) -> float:
+    @property
+    def problem(self) -> GemmProblem:
+        """The GEMM that was measured."""
+        return GemmProblem.dense(self.m, self.n, self.k, self.dtype, self.batch)
+
+    def seconds(self) -> float:
         """The measured time of one GEMM."""
+        problem = self.problem
         if self.unit == "TFLOP/s":
             return problem.flops / (self.value * 1e12)
         if self.unit in ("us", "ms"):
@@ -234,13 +241,11 @@ def _exception(item: Measurement, error: float, kernel_s: float, measured_s: flo
     return EXCEPTIONS.get(item.hardware, "no reason found")
 
 
-def predict(item: Measurement) -> tuple[float, dict]:
+def predict(item: Measurement, hw: Hardware) -> tuple[float, dict]:
     """The predicted seconds of one measured GEMM and the tiling record. Back-to-back loops
     (method `mean`) also pay the hardware model's per-op launch overhead, as the estimate
     prices a GEMM op; kernel-only (`device`) and fastest-iteration times do not."""
-    hw = load_hardware(item.hardware)
-    problem = GemmProblem.dense(item.m, item.n, item.k, item.dtype, item.batch)
-    record = tile_problem(hw, problem, TilingConfig())
+    record = tile_problem(hw, item.problem, TilingConfig())
     seconds = record["est_time_s"]
     if item.method == "mean":
         seconds += hw.compute.op_overhead_s
@@ -258,9 +263,10 @@ def main() -> None:
     misses: list[str] = []
     by_class: dict[str, list[int]] = {}
     for item in MEASUREMENTS:
-        problem = GemmProblem.dense(item.m, item.n, item.k, item.dtype, item.batch)
-        predicted_s, record = predict(item)
-        measured_s = item.seconds(problem)
+        problem = item.problem
+        hw = load_hardware(item.hardware)
+        predicted_s, record = predict(item, hw)
+        measured_s = item.seconds()
         measured = problem.flops / measured_s / 1e12
         predicted = problem.flops / predicted_s / 1e12
         error = predicted / measured - 1
@@ -280,7 +286,7 @@ def main() -> None:
                      f"{' persistent' if tile['persistent'] else ''}")
         shown = (f"{item.value:g} {item.unit}" if item.unit != "TFLOP/s" else "-")
         lines.append(f"| {'yes' if item.held_out else ''} | {item.shape_class} | {item.source} "
-                     f"| {item.what} ({item.method}) | {load_hardware(item.hardware).name} | "
+                     f"| {item.what} ({item.method}) | {hw.name} | "
                      f"{item.dtype} | "
                      f"{_shape(item)} | {shown} | {measured:.1f} | {predicted:.1f} | "
                      f"{100 * error:+.1f}%{'' if ok else ' (miss)'} | {record['bound']} | "
