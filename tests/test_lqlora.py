@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mapper.passes.lqlora import budget
+from mapper.passes.lqlora import search as search_module
 from mapper.passes.lqlora.decompose import decompose, default_rank, estimate_errors, low_rank
 from mapper.passes.lqlora.grid import IntConfig, grid, storage_bits
 from mapper.passes.lqlora.nf import (
@@ -21,7 +22,13 @@ from mapper.passes.lqlora.nf import (
     paper_grid,
     quantize,
 )
-from mapper.passes.lqlora.search import Matrix, frontier, options_for, search
+from mapper.passes.lqlora.search import (
+    SEARCH_ITERATIONS,
+    Matrix,
+    frontier,
+    options_for,
+    search,
+)
 from tests.conftest import run_mapper
 
 # bitsandbytes' NF4 table (its create_normal_map), to 4 decimals.
@@ -156,6 +163,31 @@ def test_search_meets_the_budget_and_the_full_table_agrees():
         assert fast.uniform is None or fast.assignment.objective <= fast.uniform[1]
 
 
+def test_a_calibrated_cell_predicts_its_variants_exact_errors():
+    # One cell (NF3, blocks of 32, rank 8): its finest and coarsest variants decomposed,
+    # every other variant predicted from them within a few percent of its own decomposition,
+    # where the raw first-step estimate is off by far more.
+    rng = np.random.default_rng(8)
+    w = (rng.standard_normal((96, 128)) + rng.standard_normal((96, 1)) * 3).astype(np.float32)
+    m = Matrix("w", w, None, (8,))
+    options = [o for o in options_for(m, grid("nf"), 0) if (o.config.bits, o.config.block)
+               == (3, 32)]
+    finest = min(options, key=lambda o: o.estimate)
+    coarsest = max(options, key=lambda o: o.estimate)
+    exact = {o: decompose(w, o.config, 8, None, 0, max_iterations=SEARCH_ITERATIONS).error
+             for o in options}
+    refined = search_module._cell_errors(m, options, finest,
+                                         decompose(w, finest.config, 8, None, 0,
+                                                   max_iterations=SEARCH_ITERATIONS))
+    known = {finest: exact[finest], coarsest: exact[coarsest]}
+    values = search_module._calibrated(options, known, refined,
+                                       {search_module._cell(finest): finest})
+    predicted = [abs(values[o] / exact[o] - 1) for o in options if o not in known]
+    raw = [abs(o.estimate / exact[o] - 1) for o in options if o not in known]
+    assert max(predicted) < 0.03
+    assert np.median(predicted) < np.median(raw) / 3
+
+
 # --- end to end on a small MLP --------------------------------------------------------------
 
 
@@ -182,7 +214,7 @@ def _compile(model, out, *flags):
                       "--compress", "lqlora", *flags)
 
 
-@pytest.mark.parametrize("grid_name", ["nf", "int"])
+@pytest.mark.parametrize("grid_name", ["nf", "int", "mixed"])
 def test_cli_meets_the_budget_and_verify_plan_recounts_it(tmp_path, grid_name):
     from mapper.verify_plan import check_plan
 

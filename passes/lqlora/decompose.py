@@ -154,7 +154,14 @@ def estimate_errors(matrix: np.ndarray, configs: Sequence[Config], rank: int,
     (Σw², Σw·c, Σc²) in O(blocks): 12 quantizations instead of one per config. Integer
     configs are few, and quantize the residual exactly."""
     l1, l2 = low_rank(matrix, rank, importance, seed)
-    residual = (matrix.astype(np.float32) - l1 @ l2).astype(np.float32)
+    return residual_errors((matrix.astype(np.float32) - l1 @ l2).astype(np.float32), configs,
+                           importance)
+
+
+def residual_errors(residual: np.ndarray, configs: Sequence[Config],
+                    importance: np.ndarray | None) -> Estimates:
+    """The weighted error of quantizing `residual` (W - L1·L2 for some fixed factors) in each
+    of `configs`, with the per-block sums of estimate_errors: exact for that residual."""
     weights = (np.broadcast_to(importance, residual.shape) if importance is not None
                else np.ones_like(residual)).astype(np.float64)
     errors: dict[Config, float] = {}

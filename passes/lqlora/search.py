@@ -4,30 +4,39 @@ than the paper's full table.
 The paper decomposes every (matrix, config) pair exactly (432 per matrix) before its ILP.
 Here:
 1. every option's error is *estimated* from one SVD and a dozen quantizations per matrix
-   (decompose.estimate_errors);
-2. options dominated in (bits, estimated error) are dropped: what remains per matrix is its
-   frontier, typically a tenth of the grid;
-3. the ILP on the estimates picks a frontier point per matrix; only the frontier points
-   around each pick (WINDOW on either side) are decomposed exactly;
-4. the ILP is solved again on the exact errors of those; where a pick lands on the edge of
-   its window the window widens and step 3-4 repeat (up to MAX_ROUNDS).
-`exhaustive=True` decomposes every option instead (the paper's table): the benchmark shows
-both reach the same assignment on MiniLM-L6.
+   (decompose.estimate_errors): the first alternation step, exact for rank 0;
+2. the ILP on the estimates' frontiers (options not dominated in (bits, estimate), a tenth
+   of the grid) gives a first pick per matrix;
+3. the alternation lowers an estimate by a factor that depends mostly on the cell (NF
+   bits, block, rank) and little on the double-quantization variant. One option per cell
+   near the pick's width is decomposed, and every estimate is scaled by its cell's
+   measured median ratio;
+4. frontiers are rebuilt on the calibrated errors, the ILP solved, the frontier points
+   around each pick (WINDOW on either side) decomposed; each new exact error sharpens the
+   calibration; rounds repeat until nothing new is decomposed (at most MAX_ROUNDS);
+5. the final ILP runs on the exact errors of everything decomposed.
+`exhaustive=True` decomposes every option instead (the paper's table); benchmarks/
+lqlora_table.py compares the two on MiniLM-L6.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mapper.passes.lqlora import budget
-from mapper.passes.lqlora.decompose import Decomposition, decompose, estimate_errors
+from mapper.passes.lqlora.decompose import (
+    Decomposition,
+    decompose,
+    estimate_errors,
+    residual_errors,
+)
 from mapper.passes.lqlora.grid import Config, fits, storage_bits, uses_bnb4
 
-WINDOW = 2
-MAX_ROUNDS = 3
+WINDOW = 1
+MAX_ROUNDS = 6
 # Options are ranked on a short alternation; the chosen ones then run it to convergence.
 SEARCH_ITERATIONS = 3
 # Uniform baselines decomposed exactly (the best ones by estimate).
@@ -89,11 +98,14 @@ class SearchResult:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-def frontier(options: Sequence[Option], include_factors: bool) -> list[Option]:
-    """Options not dominated in (bits, estimated error), cheapest first."""
+def frontier(options: Sequence[Option], include_factors: bool,
+             value: Callable[[Option], float] | None = None) -> list[Option]:
+    """Options not dominated in (bits, error), cheapest first; the error is `value` of an
+    option, its estimate by default."""
+    error = value or (lambda o: o.estimate)
     kept: list[Option] = []
-    for option in sorted(options, key=lambda o: (o.bits(include_factors), o.estimate)):
-        if not kept or option.estimate < kept[-1].estimate:
+    for option in sorted(options, key=lambda o: (o.bits(include_factors), error(o))):
+        if not kept or error(option) < error(kept[-1]):
             if kept and option.bits(include_factors) == kept[-1].bits(include_factors):
                 kept[-1] = option
             else:
@@ -123,10 +135,10 @@ def search(matrices: Sequence[Matrix], configs: Sequence[Config], budget_bits: i
     `cache` keeps decompositions across calls on the same matrices (the benchmark's full
     table). Raises ValueError when even the cheapest options do not fit."""
     all_options = [options_for(m, configs, seed + i) for i, m in enumerate(matrices)]
-    fronts = ([sorted(o, key=lambda x: (x.bits(include_factors), x.estimate))
-               for o in all_options] if exhaustive
-              else [frontier(o, include_factors) for o in all_options])
     cache = {} if cache is None else cache
+    known: list[dict[Option, float]] = [{} for _ in matrices]  # exact errors found so far
+    refined: list[dict[Option, float]] = [{} for _ in matrices]  # see _cell_errors
+    anchors: list[dict[tuple[str, int, int, int], Option]] = [{} for _ in matrices]
 
     def exact(m: int, option: Option) -> Decomposition:
         key = (m, option.config, option.rank)
@@ -134,6 +146,7 @@ def search(matrices: Sequence[Matrix], configs: Sequence[Config], budget_bits: i
             cache[key] = decompose(matrices[m].weight, option.config, option.rank,
                                    matrices[m].importance, seed + m,
                                    max_iterations=SEARCH_ITERATIONS)
+        known[m][option] = cache[key].error
         return cache[key]
 
     def converged(m: int, option: Option) -> Decomposition:
@@ -143,52 +156,54 @@ def search(matrices: Sequence[Matrix], configs: Sequence[Config], budget_bits: i
         return decompose(matrices[m].weight, option.config, option.rank,
                          matrices[m].importance, seed + m)
 
-    bits_table = [[o.bits(include_factors) for o in front] for front in fronts]
-    estimated = budget.solve(bits_table, [[o.estimate for o in f] for f in fronts],
-                             budget_bits, time_limit_s / 3, seed)
-    if exhaustive:
-        windows = [set(range(len(f))) for f in fronts]
-    else:
-        windows = [set(range(max(0, p - WINDOW), min(len(f), p + WINDOW + 1)))
-                   for p, f in zip(estimated.picks, fronts, strict=True)]
+    fronts = [frontier(o, include_factors) for o in all_options]
+    # One share of the time limit per ILP: the estimate's, each round's, the final one.
+    share = time_limit_s / (MAX_ROUNDS + 2)
+    estimated = budget.solve([[o.bits(include_factors) for o in f] for f in fronts],
+                             [[o.estimate for o in f] for f in fronts], budget_bits, share,
+                             seed)
     # The best uniform option is always a candidate (and the hint when it fits), so the
     # ILP's answer is never worse than the baseline it is compared with.
     uniform = _best_uniform(matrices, all_options, include_factors, budget_bits, exact)
-    extra: list[list[Option]] = [[] for _ in matrices]
+    if exhaustive:
+        for m, options in enumerate(all_options):
+            for option in options:
+                exact(m, option)
+    else:
+        for m, front in enumerate(fronts):
+            pick = front[estimated.picks[m]]
+            for finest, coarsest in _cell_representatives(all_options[m], pick):
+                refined[m].update(_cell_errors(matrices[m], all_options[m], finest,
+                                               exact(m, finest)))
+                anchors[m][_cell(finest)] = finest
+                if finest.config.bits == pick.config.bits:
+                    exact(m, coarsest)  # the other widths borrow this width's alpha
+        for _ in range(MAX_ROUNDS):
+            before = len(cache)
+            values = [_calibrated(all_options[m], known[m], refined[m], anchors[m])
+                      for m in range(len(matrices))]
+            fronts = [frontier(o, include_factors, values[m].__getitem__)
+                      for m, o in enumerate(all_options)]
+            solved = budget.solve([[o.bits(include_factors) for o in f] for f in fronts],
+                                  [[values[m][o] for o in f] for m, f in enumerate(fronts)],
+                                  budget_bits, share, seed)
+            for m, (front, pick) in enumerate(zip(fronts, solved.picks, strict=True)):
+                for option in front[max(0, pick - WINDOW):pick + WINDOW + 1]:
+                    exact(m, option)
+            if len(cache) == before:
+                break
+    # The final ILP sees every option decomposed so far, on exact errors only.
+    cand = [list(k) for k in known]
+    hint = None
     if uniform is not None:
         key = (uniform[0].config, uniform[0].rank)
-        for m, options in enumerate(all_options):
-            extra[m].append(next(o for o in options if (o.config, o.rank) == key))
-    assignment = estimated
-    chosen: list[Option] = []
-    for _ in range(MAX_ROUNDS):
-        cand = [_unique([fronts[m][i] for i in sorted(w)] + extra[m])
-                for m, w in enumerate(windows)]
-        bits_rows = [[o.bits(include_factors) for o in c] for c in cand]
-        error_rows = [[exact(m, o).error for o in c] for m, c in enumerate(cand)]
-        hint = None
-        if uniform is not None:
-            key = (uniform[0].config, uniform[0].rank)
-            hint = [next(i for i, o in enumerate(c) if (o.config, o.rank) == key) for c in cand]
-        solved = budget.solve(bits_rows, error_rows, budget_bits, time_limit_s / 3, seed, hint)
-        chosen = [cand[m][p] for m, p in enumerate(solved.picks)]
-        assignment = solved
-        grown = False
-        for m, option in enumerate(chosen):
-            if option not in fronts[m]:
-                continue
-            pick = fronts[m].index(option)
-            low, high = min(windows[m]), max(windows[m])
-            if pick == low and low > 0:
-                windows[m].update(range(max(0, low - WINDOW), low))
-                grown = True
-            if pick == high and high < len(fronts[m]) - 1:
-                windows[m].update(range(high + 1, min(len(fronts[m]), high + WINDOW + 1)))
-                grown = True
-        if not grown or exhaustive:
-            break
+        hint = [next(i for i, o in enumerate(c) if (o.config, o.rank) == key) for c in cand]
+    assignment = budget.solve([[o.bits(include_factors) for o in c] for c in cand],
+                              [[known[m][o] for o in c] for m, c in enumerate(cand)],
+                              budget_bits, share, seed, hint)
+    chosen = [cand[m][p] for m, p in enumerate(assignment.picks)]
     if not exhaustive and assignment.status == "OPTIMAL":
-        # Optimal over the exactly evaluated options only: the window search is a heuristic.
+        # Optimal over the exactly evaluated options only: the search is a heuristic.
         assignment = budget.Assignment(assignment.picks, assignment.objective,
                                        assignment.bound, "OPTIMAL_ON_EVALUATED",
                                        assignment.bits)
@@ -196,12 +211,82 @@ def search(matrices: Sequence[Matrix], configs: Sequence[Config], budget_bits: i
                for m, option in enumerate(chosen)]
     return SearchResult(choices=choices, assignment=assignment, estimated=estimated,
                         uniform=uniform, options=sum(map(len, all_options)),
-                        frontier=sum(map(len, fronts)), decomposed=len(cache))
+                        frontier=sum(map(len, fronts)),
+                        decomposed=sum(map(len, known)))
 
 
-def _unique(options: list[Option]) -> list[Option]:
-    """`options` without repeats, in order."""
-    return list(dict.fromkeys(options))
+def _cell(option: Option) -> tuple[str, int, int, int]:
+    """The (family, bits, block, rank) an option shares with its double-quantization
+    variants (an integer config is a cell of its own)."""
+    return type(option.config).__name__, option.config.bits, option.config.block, option.rank
+
+
+def _cell_representatives(options: Sequence[Option], pick: Option
+                          ) -> list[tuple[Option, Option]]:
+    """Per cell whose bits are the estimated pick's or a neighbouring width, its options of
+    least and of most estimate (the finest and the coarsest stored scales): decomposing the
+    two calibrates the whole cell (see _calibrated). Rank 0 needs none (its estimate is the
+    exact error: nothing alternates)."""
+    widths = sorted({o.config.bits for o in options})
+    at = widths.index(pick.config.bits)
+    near = set(widths[max(0, at - 1):at + 2])
+    cells: dict[tuple[str, int, int, int], list[Option]] = {}
+    for option in options:
+        if option.rank and option.config.bits in near:
+            cells.setdefault(_cell(option), []).append(option)
+    return [(min(c, key=lambda o: o.estimate), max(c, key=lambda o: o.estimate))
+            for c in cells.values()]
+
+
+def _cell_errors(matrix: Matrix, options: Sequence[Option], representative: Option,
+                 decomposition: Decomposition) -> dict[Option, float]:
+    """Every option of the representative's cell quantized on the residual its decomposition
+    converged to: what each variant's coarser stored scales add to the error, before the
+    alternation absorbs part of it (see _calibrated)."""
+    cell = [o for o in options if _cell(o) == _cell(representative)]
+    residual = matrix.weight.astype(np.float32) - decomposition.l1 @ decomposition.l2
+    found = residual_errors(residual, [o.config for o in cell], matrix.importance)
+    return dict(zip(cell, found.errors, strict=True))
+
+
+def _calibrated(options: Sequence[Option], known: dict[Option, float],
+                refined: dict[Option, float], anchors: dict[tuple[str, int, int, int], Option]
+                ) -> dict[Option, float]:
+    """Every option's error: exact where decomposed. In a calibrated cell (its finest option,
+    the cell's anchor, decomposed; every option requantized on its residual: `refined`), the
+    anchor's
+    exact error plus a share alpha of the error its coarser scales add, alpha fitted by
+    least squares to the cell's other decomposed options (the alternation absorbs part of
+    a block-scale error: alpha is 0.1-0.4 on MiniLM-L6, the prediction within 1-2%).
+    Elsewhere the estimate, scaled by the median exact/estimate ratio of its bits width."""
+    slopes: dict[tuple[str, int, int, int], float] = {}
+    for cell, anchor in anchors.items():
+        pairs = [(refined[o] - refined[anchor], known[o] - known[anchor])
+                 for o in known if o in refined and _cell(o) == cell and o is not anchor]
+        spread = sum(r * r for r, _ in pairs)
+        if spread > 0:
+            slopes[cell] = min(max(sum(r * e for r, e in pairs) / spread, 0.0), 1.0)
+    # A cell with nothing decomposed beside its anchor borrows the matrix's median alpha.
+    fallback = float(np.median(list(slopes.values()))) if slopes else 1.0
+    slopes = {cell: slopes.get(cell, fallback) for cell in anchors}
+    by_width: dict[tuple[int, int], list[float]] = {}
+    for option, error in known.items():
+        if option.estimate > 0:
+            by_width.setdefault((option.config.bits, option.rank), []).append(
+                error / option.estimate)
+    values = {}
+    for option in options:
+        cell = _cell(option)
+        if option in known:
+            values[option] = known[option]
+        elif option in refined and cell in anchors:
+            anchor = anchors[cell]
+            values[option] = known[anchor] + slopes[cell] * (refined[option]
+                                                             - refined[anchor])
+        else:
+            ratios = by_width.get((option.config.bits, option.rank), [1.0])
+            values[option] = option.estimate * float(np.median(ratios))
+    return values
 
 
 def _best_uniform(matrices: Sequence[Matrix], all_options: Sequence[Sequence[Option]],
