@@ -237,10 +237,10 @@ class LqloraConfig(BaseModel):
         None, ge=0, description="rank of each weight's low-rank part; 0: quantization only "
         "(the ILP still picks the configs); default: 64 scaled to the matrix (64 at "
         "4096 wide, at least 8)")
-    grid: Annotated[Literal["nf", "int"], Flag("--grid")] = Field(
+    grid: Annotated[Literal["nf", "int", "mixed"], Flag("--grid")] = Field(
         "nf", description="configs the ILP chooses from: nf (NormalFloat 2/3/4/8 bits with "
-        "double-quantized block scales, the paper's 432) or int (what MatMulNBits holds: "
-        "2/4/8-bit groups of 16-128)")
+        "double-quantized block scales, the paper's 432), int (what MatMulNBits holds: "
+        "2/4/8-bit groups of 16-128) or mixed (both; each weight takes either)")
     weighting: Annotated[Literal["rms", "xtx", "none"], Flag("--error-weighting")] = Field(
         "rms", description="how each input channel weights a weight's reconstruction error: "
         "rms (the channel's root-mean-square input on the calibration samples), xtx (the "

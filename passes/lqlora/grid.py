@@ -1,7 +1,8 @@
-"""The two config grids the budget ILP chooses from: NormalFloat (`--grid nf`, the paper's 432
-configs, emitted as bit-packed codes and a level table) and integer groups (`--grid int`,
+"""The config grids the budget ILP chooses from: NormalFloat (`--grid nf`, the paper's 432
+configs, emitted as bit-packed codes and a level table), integer groups (`--grid int`,
 what com.microsoft.MatMulNBits holds natively: 2, 4 or 8-bit asymmetric codes with one
-float scale and one packed zero point per group)."""
+float scale and one packed zero point per group), or both (`--grid mixed`: each weight
+takes whichever family serves it best at its bits)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from mapper.compression.codes import GroupCodes
 from mapper.passes.lqlora.nf import NfConfig, NfWeight, paper_grid, quantize
 from mapper.passes.rtn.quantize import round_to_nearest
 
-GridName = Literal["nf", "int"]
+GridName = Literal["nf", "int", "mixed"]
 
 
 class Quantized(Protocol):
@@ -52,7 +53,8 @@ def int_grid() -> list[IntConfig]:
 
 def grid(name: GridName) -> list[Config]:
     """The configs of grid `name`, in a fixed order."""
-    return list(paper_grid()) if name == "nf" else list(int_grid())
+    nf = list(paper_grid()) if name in ("nf", "mixed") else []
+    return nf + (list(int_grid()) if name in ("int", "mixed") else [])
 
 
 def quantize_config(matrix: np.ndarray, config: Config) -> NfWeight | GroupCodes:

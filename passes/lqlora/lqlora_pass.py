@@ -65,7 +65,8 @@ from mapper.pipeline import PassContext
 
 # `--bits auto` leaves this share of the device's memory free (runtime, fragmentation).
 AUTO_MARGIN = 0.10
-_FORMATS = {"nf": ("lut", "bnb4"), "int": ("matmulnbits", "lut")}
+# The formats each grid's NF codes may take; integer configs are always MatMulNBits.
+_FORMATS = {"nf": ("lut", "bnb4"), "int": ("matmulnbits",), "mixed": ("lut", "bnb4")}
 
 
 def _as_codes(q: NfWeight | GroupCodes) -> GroupCodes:
@@ -98,13 +99,13 @@ class LqloraPass(WeightRewritePass):
         allowed = _FORMATS[lq.grid]
         fmt = config.format or allowed[0]
         if fmt not in allowed:
-            raise UserError(f"--format {fmt} cannot hold --grid {lq.grid} codes: "
-                            f"{lq.grid} configs are emitted as {' or '.join(allowed)} "
-                            f"(use --format {allowed[0]}, or --grid "
-                            f"{'int' if lq.grid == 'nf' else 'nf'})")
+            other = next((g for g, held in _FORMATS.items() if fmt in held), None)
+            raise UserError(f"--format {fmt} cannot hold --grid {lq.grid} codes: they are "
+                            f"emitted as {' or '.join(allowed)}; use --format {allowed[0]}"
+                            + (f", or --grid {other}" if other else ""))
         if config.group_size is not None:
             raise UserError("--group-size does not apply to --compress lqlora: the ILP picks "
-                            "each weight's block size from the grid (--grid nf|int)")
+                            "each weight's block size from the grid (--grid nf|int|mixed)")
         return Settings(bits=0, group_size=16, symmetric=False, format=fmt)
 
     def encode(self, job: CompressionJob) -> Encoding:
