@@ -4,6 +4,7 @@ artifact rebuilds the model's weights bit-exactly, and bad flags name themselves
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -15,7 +16,13 @@ from mapper.compression.codes import unpack_bits
 from mapper.passes.gqsa import artifact
 from mapper.passes.gqsa.bqpo import quantize_pruned, to_codes
 from mapper.passes.gqsa.refit import refit_scales, row_errors
-from mapper.passes.gqsa.saliency import MAX_SHARE, allocate, group_saliency, prune_lowest
+from mapper.passes.gqsa.saliency import (
+    MAX_DEVIATION,
+    MAX_SHARE,
+    allocate,
+    group_saliency,
+    prune_lowest,
+)
 from mapper.passes.rtn.quantize import round_to_nearest
 from models.corpus.quantized import _float_mlp
 from tests.conftest import run_mapper
@@ -80,10 +87,21 @@ def test_global_allocation_is_exact_and_never_worse_than_uniform():
         found = allocate(saliencies, energies, 0.5, method)
         assert sum(int(m.sum()) for m in found.masks) == round(0.5 * total)
         assert all(share <= MAX_SHARE for share in found.shares)
+        # Within the bound, up to the rounding of one group.
+        assert all(abs(share - 0.5) <= MAX_DEVIATION + 1 / 128 for share in found.shares)
         costs[method] = sum(float(s[m].sum()) / e for s, m, e in
                             zip(saliencies, found.masks, energies, strict=True))
     assert costs["global"] <= costs["uniform"]
     assert len(set(allocate(saliencies, energies, 0.5, "global").shares)) > 1
+    # Exact: no split of the same count within the bounds costs less.
+    prefix = [np.concatenate([[0.0], np.cumsum(np.sort(s.ravel()) / e)])
+              for s, e in zip(saliencies, energies, strict=True)]
+    low, high = int(0.4 * 128), int(0.6 * 128)
+    need = round(0.5 * total)
+    best = min(prefix[0][a] + prefix[1][b] + prefix[2][need - a - b]
+               for a in range(low, high + 1) for b in range(low, high + 1)
+               if low <= need - a - b <= high)
+    assert costs["global"] == pytest.approx(best, rel=1e-12)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +144,11 @@ def test_artifact_round_trips_bit_exactly_and_verify_plan_counts_it(tmp_path, ml
     plan = json.loads((out / "plan.json").read_text())
     section = plan["compression"]
     assert section["artifacts"] == [artifact.ARTIFACT]
+    # Stage 2's refit is kept only where the held-out outputs get closer to the original's.
+    note = next(n for p in plan["passes"] for n in p["notes"] if "closed form" in n)
+    before, after = (float(v) for v in re.search(
+        r"held-out output error (\S+) -> (\S+)$", note).groups())
+    assert after <= before
     model = onnx.load(str(out / "model.onnx"))
     rebuilt = artifact.read(out / artifact.ARTIFACT)
     for entry in section["weights"]:

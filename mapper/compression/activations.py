@@ -63,6 +63,34 @@ class ActivationTaps:
         return {tap: np.concatenate(chunks) for tap, chunks in rows.items()}
 
 
+    def outputs(self, feeds: Sequence[Feed], weights: Mapping[str, np.ndarray] | None = None
+                ) -> list[dict[str, np.ndarray]]:
+        """The model's own float outputs on each of `feeds`, with `weights` swapped in as in
+        `collect`."""
+        current = dict(self.dense)
+        for name, array in (weights or {}).items():
+            current[name] = np.ascontiguousarray(array.astype(self._dtypes[name]))
+        found = []
+        for feed in feeds:
+            outputs = self._session.run({**feed, **current})
+            found.append({name: outputs[name] for name in self._session.outputs
+                          if np.issubdtype(outputs[name].dtype, np.floating)})
+        return found
+
+
+def output_error(outputs: Sequence[Mapping[str, np.ndarray]],
+                 reference: Sequence[Mapping[str, np.ndarray]]) -> float:
+    """Squared error of `outputs` against `reference`, relative to the reference's energy,
+    summed over samples and float outputs."""
+    error = energy = 0.0
+    for got, want in zip(outputs, reference, strict=True):
+        for name, value in want.items():
+            expected = value.astype(np.float64)
+            error += float(((got[name].astype(np.float64) - expected) ** 2).sum())
+            energy += float((expected ** 2).sum())
+    return error / max(energy, 1e-30)
+
+
 def gram(rows: np.ndarray) -> np.ndarray:
     """XᵀX in float64 (the Hessian of a layer's squared output error, up to a factor 2)."""
     x = rows.astype(np.float64)

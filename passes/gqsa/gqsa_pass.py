@@ -15,7 +15,9 @@ unit. The pass:
    samples also helps on the other half);
 3. stage 2 (E2E-OQP, closed form): codes and masks frozen, every layer's scales refit by
    least squares to the original model's activations at that layer, on inputs through the
-   whole compressed prefix, gated the same way (`--stage2 none` skips it);
+   whole compressed prefix, gated the same way, and a block's refit kept only where the
+   model's outputs on the held-out samples get closer to the original's (`--stage2 none`
+   skips it);
 4. emits MatMulNBits (pruned groups have scale 0, so they decode to exactly 0) or QDQ/lut,
    and `weights.gqsa.safetensors` (BSR: per row its kept groups' indices, codes, fp16
    scales and zero points), from which bits per weight are counted.
@@ -34,6 +36,7 @@ from mapper.compression.activations import (
     blocks_in_order,
     decoded_initializer,
     gram,
+    output_error,
 )
 from mapper.compression.base import (
     CompressionJob,
@@ -115,16 +118,8 @@ class GqsaPass(WeightRewritePass):
         notes = [f"stage 1 (BQPO): {len(blocks_in_order(matrices))} blocks, sparsity "
                  f"{config.sparsity:g} ({allocation.method}, {config.saliency} saliency)"]
         if config.stage2 in ("refit", "refit+e2e") and matrices:
-            for block in blocks_in_order(matrices):
-                inputs = taps.collect(feeds, sorted({s.activation for s in block}), decoded)
-                for site in block:
-                    codes[site.weight] = validated_refit(
-                        codes[site.weight], weights[site.weight], inputs[site.activation],
-                        original[site.activation])
-                    decoded[site.weight] = decoded_initializer(
-                        site, codes[site.weight].dequantize())
-            notes.append("stage 2 (E2E-OQP, closed form): scales refit to the original "
-                         "model's activations on inputs through the compressed prefix")
+            notes.append(_stage2_refit(taps, matrices, weights, original, codes, decoded,
+                                       feeds, list(job.samples.evaluation)))
         tuning = None
         if config.stage2 in ("e2e", "refit+e2e") and matrices:
             codes, tuning = tune_scales(job.model, matrices, codes, feeds)
@@ -157,3 +152,36 @@ class GqsaPass(WeightRewritePass):
         return Encoding(encoded, artifacts={artifact.ARTIFACT: data}, notes=tuple(notes),
                         details=details)
 
+
+
+def _stage2_refit(taps: ActivationTaps, matrices: list[WeightSite],
+                  weights: dict[str, np.ndarray], original: dict[str, np.ndarray],
+                  codes: dict[str, GroupCodes], decoded: dict[str, np.ndarray],
+                  feeds: list, heldout: list) -> str:
+    """Stage 2, closed form: block by block, every layer's scales refit to the original
+    model's activations on inputs through the compressed prefix (`codes` and `decoded`
+    updated in place). A block's refit is kept only where it brings the model's outputs on
+    the held-out samples closer to the original's: each layer's own check cannot see a
+    prefix whose refits fit the calibration tokens and diverge elsewhere (measured on
+    SmolLM2-135M at 25% sparsity: perplexity 3.1e5 before an unchecked refit, 1.3e17
+    after). Returns the note saying what it kept."""
+    reference = taps.outputs(heldout) if heldout else []
+    current = output_error(taps.outputs(heldout, decoded), reference) if heldout else 0.0
+    start, kept, blocks = current, 0, blocks_in_order(matrices)
+    for block in blocks:
+        inputs = taps.collect(feeds, sorted({s.activation for s in block}), decoded)
+        trial_codes = {site.weight: validated_refit(
+            codes[site.weight], weights[site.weight], inputs[site.activation],
+            original[site.activation]) for site in block}
+        trial = {**decoded, **{site.weight: decoded_initializer(
+            site, trial_codes[site.weight].dequantize()) for site in block}}
+        error = output_error(taps.outputs(heldout, trial), reference) if heldout else 0.0
+        if not heldout or error < current:
+            codes.update(trial_codes)
+            decoded.update(trial)
+            current, kept = error, kept + 1
+    checked = (f"; held-out output error {start:.3g} -> {current:.3g}" if heldout
+               else " (no held-out samples to check it on)")
+    return (f"stage 2 (E2E-OQP, closed form): scales refit to the original model's "
+            f"activations on inputs through the compressed prefix, kept on {kept} of "
+            f"{len(blocks)} blocks{checked}")
