@@ -72,7 +72,8 @@ def _row(bench: Bench, method: str, bits: float, quality: float, seconds: float 
 
 
 def _quality_rows(bench: Bench, tmp: Path, budgets: tuple[float, ...], gqsa: bool,
-                  full: bool) -> tuple[list[str], dict[str, list[tuple[float, float]]]]:
+                  full: bool, int_budgets: tuple[float, ...] = ()
+                  ) -> tuple[list[str], dict[str, list[tuple[float, float]]]]:
     rows = [_row(bench, "fp32", 32.0, _score(bench, bench.source), None)]
     points: dict[str, list[tuple[float, float]]] = {}
 
@@ -82,15 +83,19 @@ def _quality_rows(bench: Bench, tmp: Path, budgets: tuple[float, ...], gqsa: boo
         points.setdefault(family, []).append((bits, quality))
         print(rows[-1], flush=True)
 
-    for budget in budgets:
-        path, plan, seconds = _compile(bench, tmp, f"lqlora {budget}",
+    runs = [("nf", b) for b in budgets] + [("int", b) for b in int_budgets]
+    for grid_name, budget in runs:
+        path, plan, seconds = _compile(bench, tmp, f"lqlora {grid_name} {budget}",
                                        {"method": "lqlora", "bits": budget},
-                                       lqlora={"budget_includes_lora": True})
+                                       lqlora={"budget_includes_lora": True,
+                                               "grid": grid_name})
         details = plan["compression"]["lqlora"]
         ranked = sum(1 for w in details["weights"] if w["rank"])
-        add("LQ-LoRA (factors in budget)", f"LQ-LoRA budget {budget}",
-            plan["compression"]["bits_per_weight"], _score(bench, path), seconds,
-            f"{ranked}/{len(details['weights'])} weights keep rank > 0; ILP "
+        family, label = (("LQ-LoRA (factors in budget)", f"LQ-LoRA budget {budget}")
+                         if grid_name == "nf" else
+                         ("LQ-LoRA, int grid", f"LQ-LoRA int grid, budget {budget}"))
+        add(family, label, plan["compression"]["bits_per_weight"], _score(bench, path),
+            seconds, f"{ranked}/{len(details['weights'])} weights keep rank > 0; ILP "
             f"{details['ilp']['status']}")
     for bits in (2, 3, 4):
         for block, scale_bits in ((64, 8), (32, 8), (16, 4))[:3 if full else 1]:
@@ -220,7 +225,8 @@ def _write(quality: list[str], ilp: list[str], table: list[str], timing: list[st
     update_section("compress-lqlora", "LQ-LoRA: low rank plus quantized", body)
 
 
-_FAMILIES = (("LQ-LoRA budget", "LQ-LoRA (factors in budget)"), ("uniform ", "uniform NF-k"),
+_FAMILIES = (("LQ-LoRA budget", "LQ-LoRA (factors in budget)"),
+             ("LQ-LoRA int grid", "LQ-LoRA, int grid"), ("uniform ", "uniform NF-k"),
              ("RTN ", "RTN"), ("GQSA ", "GQSA (s=0)"))
 
 
@@ -262,15 +268,18 @@ def _minilm_only() -> None:
         tmp = Path(tmp_name)
         bench = _minilm(tmp)
         ilp = _ilp_rows(bench, tmp) + ilp
-        rows, _ = _quality_rows(bench, tmp, (2.5, 2.75, 3.0, 3.25, 3.5, 4.0, 4.5),
-                                gqsa=True, full=True)
-    _write(rows + quality, ilp, table, timing, True,
-           note=" SmolLM2-135M's rows were measured before the GPTQ compensation of Q "
-           "(round-to-nearest Q, as `--compensation none` gives); MiniLM-L6's with it.")
+        rows, _ = _quality_rows(bench, tmp, MINILM_BUDGETS, gqsa=True, full=True,
+                                int_budgets=MINILM_INT_BUDGETS)
+    _write(rows + quality, ilp, table, timing, True)
     _plot(_points_from_results())
 
 
 SMOLLM_BUDGETS = (2.5, 3.25, 4.0, 4.5)
+# LQ-LoRA on the integer grid too (`--grid int`): at 2.5 bits its GPTQ-ranged 2-bit groups
+# hold SmolLM2-135M together where NF2's fixed absmax blocks do not.
+SMOLLM_INT_BUDGETS = (2.5, 3.25)
+MINILM_BUDGETS = (2.5, 2.75, 3.0, 3.25, 3.5, 4.0, 4.5)
+MINILM_INT_BUDGETS = (2.5, 3.25, 4.5)
 
 
 def _gqsa_smollm_rows() -> list[str]:
@@ -298,7 +307,8 @@ def _smollm_only() -> None:
     timing = _existing_rows("### Decomposition time")
     with tempfile.TemporaryDirectory() as tmp_name:
         bench = _smollm(Path(tmp_name))
-        rows, _ = _quality_rows(bench, Path(tmp_name), SMOLLM_BUDGETS, gqsa=False, full=False)
+        rows, _ = _quality_rows(bench, Path(tmp_name), SMOLLM_BUDGETS, gqsa=False, full=False,
+                                int_budgets=SMOLLM_INT_BUDGETS)
     _write(quality + rows + _gqsa_smollm_rows(), ilp, table, timing, True)
     _plot(_points_from_results())
 
@@ -343,7 +353,7 @@ def main() -> None:
         bench = _minilm(tmp)
         ilp += _ilp_rows(bench, tmp)
         rows, points[bench.name] = _quality_rows(
-            bench, tmp, (2.5, 2.75, 3.0, 3.25, 3.5, 4.0, 4.5), gqsa=True, full=True)
+            bench, tmp, MINILM_BUDGETS, gqsa=True, full=True, int_budgets=MINILM_INT_BUDGETS)
         quality += rows
         _plot(points)
         _write(quality, ilp, table, timing, True)
@@ -352,7 +362,8 @@ def main() -> None:
         if not quick:
             bench = _smollm(tmp)
             rows, points[bench.name] = _quality_rows(bench, tmp, SMOLLM_BUDGETS,
-                                                     gqsa=False, full=False)
+                                                     gqsa=False, full=False,
+                                                     int_budgets=SMOLLM_INT_BUDGETS)
             rows += _gqsa_smollm_rows()
             quality += rows
             _plot(points)

@@ -1,13 +1,14 @@
-"""Error-compensated codes for a chosen decomposition: Q's scales kept, its codes re-picked
-column by column with GPTQ's updates, so that Q + L1·L2 reproduces the layer's outputs on
-the calibration inputs rather than its weights entry by entry.
+"""Error-compensated codes for a chosen decomposition: Q's codes re-picked column by column
+with GPTQ's updates, so that Q + L1·L2 reproduces the layer's outputs on the calibration
+inputs rather than its weights entry by entry.
 
 The alternation fits Q to W - L1·L2 by rounding each entry to its nearest level (what the
-paper does); rounding errors then add up in the layer's outputs as XᵀX weighs them. With
-the scales fixed (so the config and its stored bits do not change), visiting the columns
-by decreasing input energy and pushing each column's rounding error onto the columns not
-yet visited, through the Cholesky factor of (XᵀX)⁻¹, lowers ||X (W - L1·L2 - Q)ᵀ||²: the
-same step GQSA's stage 1 takes for its codes.
+paper does); rounding errors then add up in the layer's outputs as XᵀX weighs them.
+Visiting the columns by decreasing input energy and pushing each column's rounding error
+onto the columns not yet visited, through the Cholesky factor of (XᵀX)⁻¹, lowers
+||X (W - L1·L2 - Q)ᵀ||²: the step GQSA's stage 1 takes for its codes. The config and its
+stored bits never change: NF keeps its double-quantized block scales (their storage ties
+the blocks together); an integer group's scale and zero point are chosen by that walk.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from collections.abc import Callable
 import numpy as np
 
 from mapper.compression.codes import GroupCodes
-from mapper.passes.gqsa.bqpo import compensated_walk, inverse_cholesky
+from mapper.passes.gqsa.bqpo import (
+    compensated_walk,
+    inverse_cholesky,
+    quantize_pruned,
+    to_codes,
+)
 from mapper.passes.lqlora.nf import NfWeight, nearest_level, nf_levels
 
 # (values of one column [rows], its index) -> (codes [rows], decoded values [rows])
@@ -35,19 +41,6 @@ def _nf_column(q: NfWeight) -> ColumnQuantizer:
         safe = np.where(scale > 0, scale, np.float32(1))
         codes = nearest_level(values / safe, q.config.bits)
         return codes, levels[codes] * scale
-    return quantize
-
-
-def _int_column(q: GroupCodes) -> ColumnQuantizer:
-    top = (1 << q.bits) - 1
-    zeros = q.zero_point_array().astype(np.float32)
-
-    def quantize(values: np.ndarray, column: int) -> tuple[np.ndarray, np.ndarray]:
-        group = column // q.group_size
-        scale, zero = q.scales[:, group], zeros[:, group]
-        safe = np.where(scale != 0, scale, np.float32(1))
-        codes = np.clip(np.round(values / safe) + zero, 0, top)
-        return codes.astype(np.uint8), (codes - zero) * scale
     return quantize
 
 
@@ -72,11 +65,20 @@ def output_error(diff: np.ndarray, hessian: np.ndarray) -> float:
 
 def compensate(q: NfWeight | GroupCodes, target: np.ndarray, hessian: np.ndarray
                ) -> tuple[NfWeight | GroupCodes, float, float]:
-    """Q with compensated codes (same config, same scales) if that lowers the output error
-    against `target` (= W - L1·L2), and the output errors before and after."""
-    quantize = _nf_column(q) if isinstance(q, NfWeight) else _int_column(q)
-    codes = compensated_codes(target, hessian, quantize)
-    candidate = dataclasses.replace(q, codes=codes)
+    """Q with compensated codes (same config; NF keeps its scales, integer groups get
+    GPTQ-chosen ranges) if that lowers the output error against `target` (= W - L1·L2),
+    and the output errors before and after."""
+    if isinstance(q, NfWeight):
+        candidate = dataclasses.replace(q, codes=compensated_codes(target, hessian,
+                                                                   _nf_column(q)))
+    else:
+        # Integer groups may take new scales and zero points (MatMulNBits stores any):
+        # GQSA's stage 1 walk at no sparsity, whose group ranges are chosen against the
+        # layer's inputs. With the round-to-nearest min/max ranges fixed, 2-bit groups
+        # stay far worse (SmolLM2-135M at 2.5 bits, int grid: perplexity 2.1e6).
+        candidate = to_codes(quantize_pruned(
+            target, hessian, np.zeros((q.rows, q.groups), dtype=bool), q.bits,
+            q.group_size, symmetric=False), q.bits, q.group_size)
     before = output_error(target - q.dequantize(), hessian)
     after = output_error(target - candidate.dequantize(), hessian)
     return (candidate, before, after) if after < before else (q, before, before)

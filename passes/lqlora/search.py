@@ -223,16 +223,17 @@ def _cell(option: Option) -> tuple[str, int, int, int]:
 
 def _cell_representatives(options: Sequence[Option], pick: Option
                           ) -> list[tuple[Option, Option]]:
-    """Per cell whose bits are the estimated pick's or a neighbouring width, its options of
-    least and of most estimate (the finest and the coarsest stored scales): decomposing the
-    two calibrates the whole cell (see _calibrated). Rank 0 needs none (its estimate is the
-    exact error: nothing alternates)."""
+    """Per cell of the estimated pick's rank whose bits are the pick's or a neighbouring
+    width, its options of least and of most estimate (the finest and the coarsest stored
+    scales): decomposing the two calibrates the whole cell (see _calibrated). Rank 0 needs
+    none (its estimate is the exact error: nothing alternates), and other ranks than the
+    pick's are left to the windows (where factors are priced, the pick is mostly rank 0)."""
     widths = sorted({o.config.bits for o in options})
     at = widths.index(pick.config.bits)
     near = set(widths[max(0, at - 1):at + 2])
     cells: dict[tuple[str, int, int, int], list[Option]] = {}
     for option in options:
-        if option.rank and option.config.bits in near:
+        if option.rank and option.rank == pick.rank and option.config.bits in near:
             cells.setdefault(_cell(option), []).append(option)
     return [(min(c, key=lambda o: o.estimate), max(c, key=lambda o: o.estimate))
             for c in cells.values()]
