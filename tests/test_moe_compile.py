@@ -106,6 +106,25 @@ def test_skipped_for_a_model_without_moe(tmp_path):
     assert record["status"] == "skipped" and "no MoE layer" in record["notes"][0]
 
 
+def test_no_detection_outlives_its_compile(tmp_path, moe_model):
+    # The pipeline's pass objects live for the whole process: a detection kept past its
+    # compile (once keyed by id(), which a later model can reuse) could route another
+    # model's compile through the first one's MoE layers.
+    from mapper.driver import PIPELINE
+    from mapper.passes.moe.moe_pass import MoePass
+
+    moe_pass = next(p for p in PIPELINE if isinstance(p, MoePass))
+    for round_ in range(3):
+        placed = compile_model(moe_model, "h100", tmp_path / f"m{round_}",
+                               _moe_options(devices=4)).plan
+        assert next(p for p in placed["passes"] if p["name"] == "moe")["status"] == "ok"
+        assert moe_pass._cache is None
+        plain = compile_model(models.build("resnet_small"), "h100", tmp_path / f"r{round_}",
+                              _moe_options(devices=4)).plan
+        assert next(p for p in plain["passes"] if p["name"] == "moe")["status"] == "skipped"
+        assert moe_pass._cache is None
+
+
 def test_cli_errors_exit_2(tmp_path, moe_model):
     wrong_layers = tmp_path / "three.npz"
     save_trace(synthesize(SynthSpec(layers=3, experts=8, top_k=2, tokens=64)),

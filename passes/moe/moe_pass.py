@@ -8,6 +8,8 @@ added to the latency estimate by the estimate pass.
 
 from __future__ import annotations
 
+from onnx import ModelProto
+
 from mapper.calibration import calibration_feeds, generated_inputs, load_calibration
 from mapper.errors import UserError
 from mapper.facts import AllToAll, Facts
@@ -37,13 +39,15 @@ class MoePass(Pass):
     config_field = "moe"
 
     def __init__(self) -> None:
-        # skip_reason and run see the same model; detect once per model.
-        self._cache: tuple[int, Detection] | None = None
+        # skip_reason and run see the same model: detect once. The model itself is the key
+        # (held, so its id cannot be reused by a later model: keyed by id(), a stale
+        # detection from an earlier compile in the same process was once reused), and the
+        # entry is dropped once run has it or the pass is skipped.
+        self._cache: tuple[ModelProto, Detection] | None = None
 
     def _detect(self, context: PassContext) -> Detection:
-        key = id(context.model)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, detect_moe_layers(context.model, context.view))
+        if self._cache is None or self._cache[0] is not context.model:
+            self._cache = (context.model, detect_moe_layers(context.model, context.view))
         return self._cache[1]
 
     def skip_reason(self, context: PassContext) -> str | None:
@@ -53,6 +57,7 @@ class MoePass(Pass):
             return "expert placement needs --devices N with N > 1"
         detection = self._detect(context)
         if not detection.layers:
+            self._cache = None
             why = "; ".join(detection.rejected)
             return ("no MoE layer (router MatMul/Gemm -> Softmax -> TopK into expert "
                     "subgraphs) in the model" + (f" ({why})" if why else ""))
@@ -62,6 +67,7 @@ class MoePass(Pass):
         """Detect, trace, place, and write plan.moe."""
         config = context.options.moe
         layers = self._detect(context).layers
+        self._cache = None
         first = layers[0]
         mixed = {(layer.num_experts, layer.top_k) for layer in layers}
         if len(mixed) > 1:
