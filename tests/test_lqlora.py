@@ -176,7 +176,7 @@ def test_a_calibrated_cell_predicts_its_variants_exact_errors():
     coarsest = max(options, key=lambda o: o.estimate)
     exact = {o: decompose(w, o.config, 8, None, 0, max_iterations=SEARCH_ITERATIONS).error
              for o in options}
-    refined = search_module._cell_errors(m, options, finest,
+    refined = search_module._cell_errors(m, options,
                                          decompose(w, finest.config, 8, None, 0,
                                                    max_iterations=SEARCH_ITERATIONS))
     known = {finest: exact[finest], coarsest: exact[coarsest]}

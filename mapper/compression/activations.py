@@ -51,9 +51,7 @@ class ActivationTaps:
                 weights: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """`[tokens, cols]` rows of each tap over `feeds`, with `weights` (in each
         initializer's own layout) replacing the dense ones where given."""
-        current = dict(self.dense)
-        for name, array in (weights or {}).items():
-            current[name] = np.ascontiguousarray(array.astype(self._dtypes[name]))
+        current = self._weights(weights)
         rows: dict[str, list[np.ndarray]] = {tap: [] for tap in taps}
         for feed in feeds:
             outputs = self._session.run({**feed, **current})
@@ -62,20 +60,24 @@ class ActivationTaps:
                 rows[tap].append(value.reshape(-1, value.shape[-1]).astype(np.float32))
         return {tap: np.concatenate(chunks) for tap, chunks in rows.items()}
 
-
     def outputs(self, feeds: Sequence[Feed], weights: Mapping[str, np.ndarray] | None = None
                 ) -> list[dict[str, np.ndarray]]:
         """The model's own float outputs on each of `feeds`, with `weights` swapped in as in
         `collect`."""
-        current = dict(self.dense)
-        for name, array in (weights or {}).items():
-            current[name] = np.ascontiguousarray(array.astype(self._dtypes[name]))
+        current = self._weights(weights)
         found = []
         for feed in feeds:
             outputs = self._session.run({**feed, **current})
             found.append({name: outputs[name] for name in self._session.outputs
                           if np.issubdtype(outputs[name].dtype, np.floating)})
         return found
+
+    def _weights(self, weights: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """The site weights to feed: the dense ones, `weights` in their place where given."""
+        current = dict(self.dense)
+        for name, array in (weights or {}).items():
+            current[name] = np.ascontiguousarray(array.astype(self._dtypes[name]))
+        return current
 
 
 def output_error(outputs: Sequence[Mapping[str, np.ndarray]],

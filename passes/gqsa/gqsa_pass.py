@@ -153,7 +153,6 @@ class GqsaPass(WeightRewritePass):
                         details=details)
 
 
-
 def _stage2_refit(taps: ActivationTaps, matrices: list[WeightSite],
                   weights: dict[str, np.ndarray], original: dict[str, np.ndarray],
                   codes: dict[str, GroupCodes], decoded: dict[str, np.ndarray],

@@ -7,13 +7,16 @@ Here:
    (decompose.estimate_errors): the first alternation step, exact for rank 0;
 2. the ILP on the estimates' frontiers (options not dominated in (bits, estimate), a tenth
    of the grid) gives a first pick per matrix;
-3. the alternation lowers an estimate by a factor that depends mostly on the cell (NF
-   bits, block, rank) and little on the double-quantization variant. One option per cell
-   near the pick's width is decomposed, and every estimate is scaled by its cell's
-   measured median ratio;
-4. frontiers are rebuilt on the calibrated errors, the ILP solved, the frontier points
-   around each pick (WINDOW on either side) decomposed; each new exact error sharpens the
-   calibration; rounds repeat until nothing new is decomposed (at most MAX_ROUNDS);
+3. the estimates misjudge how much the alternation absorbs of a variant's coarser stored
+   scales. Per cell (NF bits, block, rank) near the pick's width, the finest variant is
+   decomposed and every variant requantized on its converged residual; at the pick's
+   width the coarsest is decomposed too, which fits the share (alpha) of the extra scale
+   error that stays; each variant is predicted from these (_calibrated), other widths
+   borrow the matrix's alpha, and cells not calibrated scale their estimates by their
+   width's median exact/estimate ratio;
+4. frontiers are rebuilt on the predicted errors, the ILP solved, the frontier points
+   around each pick (WINDOW on either side) decomposed; each new exact error refits the
+   predictions; rounds repeat until nothing new is decomposed (at most MAX_ROUNDS);
 5. the final ILP runs on the exact errors of everything decomposed.
 `exhaustive=True` decomposes every option instead (the paper's table); benchmarks/
 lqlora_table.py compares the two on MiniLM-L6.
@@ -172,9 +175,8 @@ def search(matrices: Sequence[Matrix], configs: Sequence[Config], budget_bits: i
     else:
         for m, front in enumerate(fronts):
             pick = front[estimated.picks[m]]
-            for finest, coarsest in _cell_representatives(all_options[m], pick):
-                refined[m].update(_cell_errors(matrices[m], all_options[m], finest,
-                                               exact(m, finest)))
+            for cell, finest, coarsest in _cell_representatives(all_options[m], pick):
+                refined[m].update(_cell_errors(matrices[m], cell, exact(m, finest)))
                 anchors[m][_cell(finest)] = finest
                 if finest.config.bits == pick.config.bits:
                     exact(m, coarsest)  # the other widths borrow this width's alpha
@@ -222,12 +224,13 @@ def _cell(option: Option) -> tuple[str, int, int, int]:
 
 
 def _cell_representatives(options: Sequence[Option], pick: Option
-                          ) -> list[tuple[Option, Option]]:
+                          ) -> list[tuple[list[Option], Option, Option]]:
     """Per cell of the estimated pick's rank whose bits are the pick's or a neighbouring
-    width, its options of least and of most estimate (the finest and the coarsest stored
-    scales): decomposing the two calibrates the whole cell (see _calibrated). Rank 0 needs
-    none (its estimate is the exact error: nothing alternates), and other ranks than the
-    pick's are left to the windows (where factors are priced, the pick is mostly rank 0)."""
+    width: its options, and those of least and of most estimate (the finest and the
+    coarsest stored scales): decomposing the two calibrates the whole cell (see
+    _calibrated). Rank 0 needs none (its estimate is the exact error: nothing alternates),
+    and other ranks than the pick's are left to the windows (where factors are priced, the
+    pick is mostly rank 0)."""
     widths = sorted({o.config.bits for o in options})
     at = widths.index(pick.config.bits)
     near = set(widths[max(0, at - 1):at + 2])
@@ -235,16 +238,15 @@ def _cell_representatives(options: Sequence[Option], pick: Option
     for option in options:
         if option.rank and option.rank == pick.rank and option.config.bits in near:
             cells.setdefault(_cell(option), []).append(option)
-    return [(min(c, key=lambda o: o.estimate), max(c, key=lambda o: o.estimate))
+    return [(c, min(c, key=lambda o: o.estimate), max(c, key=lambda o: o.estimate))
             for c in cells.values()]
 
 
-def _cell_errors(matrix: Matrix, options: Sequence[Option], representative: Option,
-                 decomposition: Decomposition) -> dict[Option, float]:
-    """Every option of the representative's cell quantized on the residual its decomposition
+def _cell_errors(matrix: Matrix, cell: Sequence[Option], decomposition: Decomposition
+                 ) -> dict[Option, float]:
+    """Every option of `cell` quantized on the residual one of them (`decomposition`)
     converged to: what each variant's coarser stored scales add to the error, before the
     alternation absorbs part of it (see _calibrated)."""
-    cell = [o for o in options if _cell(o) == _cell(representative)]
     residual = matrix.weight.astype(np.float32) - decomposition.l1 @ decomposition.l2
     found = residual_errors(residual, [o.config for o in cell], matrix.importance)
     return dict(zip(cell, found.errors, strict=True))
@@ -254,12 +256,12 @@ def _calibrated(options: Sequence[Option], known: dict[Option, float],
                 refined: dict[Option, float], anchors: dict[tuple[str, int, int, int], Option]
                 ) -> dict[Option, float]:
     """Every option's error: exact where decomposed. In a calibrated cell (its finest option,
-    the cell's anchor, decomposed; every option requantized on its residual: `refined`), the
-    anchor's
-    exact error plus a share alpha of the error its coarser scales add, alpha fitted by
-    least squares to the cell's other decomposed options (the alternation absorbs part of
-    a block-scale error: alpha is 0.1-0.4 on MiniLM-L6, the prediction within 1-2%).
-    Elsewhere the estimate, scaled by the median exact/estimate ratio of its bits width."""
+    the cell's anchor, decomposed; every option requantized on its residual: `refined`),
+    the anchor's exact error plus a share alpha of the error its coarser scales add, alpha
+    fitted by least squares to the cell's other decomposed options (the alternation absorbs
+    part of a block-scale error: alpha is 0.1-0.4 on MiniLM-L6, the prediction within
+    1-2%). Elsewhere the estimate, scaled by the median exact/estimate ratio of its bits
+    width."""
     slopes: dict[tuple[str, int, int, int], float] = {}
     for cell, anchor in anchors.items():
         pairs = [(refined[o] - refined[anchor], known[o] - known[anchor])
