@@ -140,6 +140,69 @@ def test_common_subexpressions_and_dead_code_are_eliminated():
     assert simplified.rules[DEAD_CODE] == 1
 
 
+def test_convs_with_equal_large_weights_are_merged(tmp_path):
+    # Two sibling 1x1 convolutions whose weights (far above onnx-ir's default 1,024-element
+    # dedup limit) are equal: one Conv and one Relu remain (the model zoo's inception_v1).
+    weight = _weight("w1", 64, 32, 1, 1)
+    twin = numpy_helper.from_array(numpy_helper.to_array(weight), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]),
+             helper.make_node("Conv", ["x", "w2"], ["c2"]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Add", ["r1", "r2"], ["y"])]
+    _, optimized = _compile(tmp_path, _model(nodes, [_value("x", 1, 32, 8, 8)],
+                                                [_value("y", 1, 64, 8, 8)], [weight, twin]))
+    assert _ops(optimized) == {"Conv": 1, "Relu": 1, "Add": 1}
+    assert len(optimized.graph.initializer) == 1
+
+
+def test_a_no_op_cast_writing_an_output_is_bypassed(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT),
+             helper.make_node("Sigmoid", ["x"], ["s"]),
+             helper.make_node("Cast", ["s"], ["z"], to=TensorProto.DOUBLE)]
+    outputs = [_value("y", 4, 8), helper.make_tensor_value_info("z", TensorProto.DOUBLE, [4, 8])]
+    plan, optimized = _compile(tmp_path, _model(nodes, [_value("x", 4, 8)], outputs, []))
+    # The float->float Cast goes (Relu writes y); the widening one stays.
+    assert _ops(optimized) == {"Relu": 1, "Sigmoid": 1, "Cast": 1}
+    assert [out.name for out in optimized.graph.output] == ["y", "z"]
+    assert plan["simplify"]["nodes_after"] == 3
+
+
+def test_a_copy_whose_source_has_other_readers_stays():
+    from mapper.passes.simplify.outputs import bypass_output_copies
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Identity", ["r"], ["y"]),
+             helper.make_node("Sigmoid", ["r"], ["z"])]
+    model = _model(nodes, [_value("x", 4, 8)], [_value("y", 4, 8), _value("z", 4, 8)], [])
+    assert bypass_output_copies(model) == 0
+    assert len(model.graph.node) == 3
+
+
+def test_graphs_with_map_outputs_lose_their_output_copies(tmp_path):
+    # An ai.onnx.ml classifier: onnx-ir cannot load the ZipMap's sequence of maps, so only
+    # the no-op Cast on its int64 label output goes.
+    nodes = [helper.make_node("LinearClassifier", ["x"], ["label", "scores"],
+                              domain="ai.onnx.ml", classlabels_ints=[0, 1, 2],
+                              coefficients=RNG.standard_normal(12).astype(float).tolist(),
+                              intercepts=[0.1, 0.2, 0.3], post_transform="SOFTMAX"),
+             helper.make_node("Cast", ["label"], ["output_label"], to=TensorProto.INT64),
+             helper.make_node("ZipMap", ["scores"], ["output_probability"],
+                              domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2])]
+    probability = helper.make_tensor_sequence_value_info("output_probability", 0, None)
+    probability.type.sequence_type.elem_type.CopyFrom(helper.make_map_type_proto(
+        TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    graph = helper.make_graph(nodes, "g", [_value("x", 2, 4)], [
+        helper.make_tensor_value_info("output_label", TensorProto.INT64, [2]), probability])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 8
+    plan, optimized = _compile(tmp_path, model)
+    assert _ops(optimized) == {"LinearClassifier": 1, "ZipMap": 1}
+    assert plan["simplify"]["nodes_after"] == 2
+
+
 def test_quantized_codes_are_not_decoded():
     codes = numpy_helper.from_array(RNG.integers(-8, 8, (16, 8)).astype(np.int8), "codes")
     scale = numpy_helper.from_array(np.array(0.05, np.float32), "scale")

@@ -4,7 +4,8 @@ is counted, plus the rules of `rules`.
 The steps are those of `onnxscript.optimizer.optimize_ir` (constant folding with node-level
 shape inference, which also bypasses Identity and inference Dropout; its default rewrite
 rules; dead-code removal; then constants lifted to initializers, duplicate initializers
-merged, common subexpressions eliminated), with a checked MatMul+Add -> Gemm added
+merged (by content hash, at any size: equal weights are what lets CSE merge two nodes),
+common subexpressions eliminated), with a checked MatMul+Add -> Gemm added
 (onnx-ir's IdentityEliminationPass is not used: it renames a subgraph's output to an outer
 value, which the ONNX checker rejects). Every rule keeps the computation (BatchNormalization
 folding reassociates float arithmetic, as onnxruntime's own basic-level fusion does); every
@@ -127,7 +128,7 @@ def simplify_ir(model: ir.Model) -> dict[str, int]:
     common_passes.RemoveUnusedFunctionsPass()(model)
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     common_passes.LiftSubgraphInitializersToMainGraphPass()(model)
-    common_passes.DeduplicateInitializersPass()(model)
+    common_passes.DeduplicateHashedInitializersPass()(model)
     before = _nodes(model)
     common_passes.CommonSubexpressionEliminationPass()(model)
     common_passes.RemoveUnusedNodesPass()(model)

@@ -23,6 +23,7 @@ from typing import Any
 from onnx import ModelProto
 
 from mapper.onnx_utils import drop_initializer_value_info
+from mapper.passes.simplify.outputs import bypass_output_copies
 from mapper.pipeline import Pass, PassContext, PassResult
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 # weights while the loaded model is still alive, and big models (transformers) have little
 # for it to do (no BatchNormalization; their MatMuls are 3-D).
 MAX_WEIGHT_BYTES = 2**30
+OUTPUT_COPIES = "Identity/no-op Cast writing a graph output bypassed"
 
 
 def op_counts(model: ModelProto) -> dict[str, int]:
@@ -76,6 +78,27 @@ def _non_tensor_values(model: ModelProto) -> list[str]:
     return names
 
 
+def _summary(section: dict[str, Any]) -> str:
+    rules = section["rules"]
+    return (f"{section['nodes_before']} -> {section['nodes_after']} nodes"
+            + (f" ({', '.join(f'{k}: {v}' for k, v in rules.items())})" if rules
+               else " (nothing to simplify)"))
+
+
+def _copies_only(original: ModelProto, before: dict[str, int], first: str) -> PassResult:
+    """Graphs with map or sequence values, which onnx-ir cannot load: only the copies that
+    write graph outputs are removed (on the proto)."""
+    model = ModelProto()
+    model.CopyFrom(original)
+    copies = bypass_output_copies(model)
+    section = {"nodes_before": len(original.graph.node), "nodes_after": len(model.graph.node),
+               "before": before, "after": op_counts(model),
+               "rules": {OUTPUT_COPIES: copies} if copies else {}}
+    return PassResult(sections={"simplify": section}, model=model if copies else None,
+                      notes=(_summary(section), f"only output copies removed: {first} is a map "
+                             "or sequence, which the onnxscript optimizer cannot represent"))
+
+
 def _probe_inputs(context: PassContext) -> dict[str, Any] | None:
     if context.options.calib is None:
         return None
@@ -100,10 +123,6 @@ class SimplifyPass(Pass):
         if weights > MAX_WEIGHT_BYTES:
             return (f"weights of {weights / 2**30:.2f} GiB: simplifying would hold a second "
                     f"copy of them (limit {MAX_WEIGHT_BYTES / 2**30:.0f} GiB)")
-        non_tensor = _non_tensor_values(context.model)
-        if non_tensor:
-            return (f"{len(non_tensor)} value(s) are maps or sequences (first: "
-                    f"{non_tensor[0]}), which the onnxscript optimizer cannot represent")
         return None
 
     def run(self, context: PassContext) -> PassResult:
@@ -113,6 +132,9 @@ class SimplifyPass(Pass):
 
         original = context.model
         before = op_counts(original)
+        non_tensor = _non_tensor_values(original)
+        if non_tensor:
+            return _copies_only(original, before, non_tensor[0])
         try:
             simplified = simplify_model(original)
         except Exception as error:  # the library failed on this graph: plan it as loaded
@@ -137,15 +159,16 @@ class SimplifyPass(Pass):
                                       "or output",))
         drop_initializer_value_info(model.graph)
         _keep_known_shapes(model, original)
+        copies = bypass_output_copies(model)
+        rules = dict(simplified.rules)
+        if copies:
+            rules[OUTPUT_COPIES] = copies
         notes: list[str] = []
         model = normalize(model, _input_shapes(original), notes, _probe_inputs(context))
         after = op_counts(model)
         section = {"nodes_before": len(original.graph.node), "nodes_after": len(model.graph.node),
-                   "before": before, "after": after, "rules": simplified.rules}
+                   "before": before, "after": after, "rules": rules}
         changed = section["nodes_before"] != section["nodes_after"] or before != after \
-            or bool(simplified.rules)
-        summary = (f"{section['nodes_before']} -> {section['nodes_after']} nodes"
-                   + (f" ({', '.join(f'{k}: {v}' for k, v in simplified.rules.items())})"
-                      if simplified.rules else " (nothing to simplify)"))
+            or bool(rules)
         return PassResult(sections={"simplify": section}, model=model if changed else None,
-                          notes=(summary, *notes))
+                          notes=(_summary(section), *notes))
