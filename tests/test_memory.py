@@ -19,7 +19,7 @@ from mapper.options import CompileOptions, MemoryConfig
 from mapper.passes.memory.belady import belady
 from mapper.passes.memory.memory_pass import plan_order
 from mapper.passes.memory.order import list_schedule, search_order
-from mapper.passes.memory.planner import baseline_plan, solve_order
+from mapper.passes.memory.planner import baseline_plan, solve_order, whole_life_plan
 from mapper.passes.memory.problem import (
     Problem,
     build_problem,
@@ -27,6 +27,7 @@ from mapper.passes.memory.problem import (
     problem_from_lists,
     reorder,
     repeated,
+    zero_traffic_peak,
 )
 from mapper.passes.memory.solver import Budget
 from mapper.passes.memory.traffic import (
@@ -188,6 +189,21 @@ def test_never_above_belady_and_proven_on_mixed_sizes():
             assert plan.traffic.total <= base.traffic.total
             assert plan.traffic.total == contract_total(problem, plan.residencies, capacity)
             assert plan.bound is not None and plan.bound <= plan.traffic.total
+
+
+def test_whole_lives_plan_is_optimal_where_it_packs_and_absent_where_not():
+    # Where every tensor held over its whole life packs, only compulsory bytes move (the
+    # floor), by the independent checker too; where the live set exceeds the level, no plan.
+    for seed in range(10):
+        problem = random_problem(200 + seed, 40, (64, 200, 640, 1000, 4096))
+        peak = zero_traffic_peak(problem)
+        plan = whole_life_plan(problem, 2 * peak, 64)
+        assert plan is not None and plan.status == "OPTIMAL"
+        assert plan.traffic.total == problem.floor() == plan.bound
+        assert contract_total(problem, plan.residencies, 2 * peak) == problem.floor()
+        assert whole_life_plan(problem, peak - 1, 64) is None
+        solved = solve_order(problem, peak - 1, 64, Budget.starting_now(10), seed)
+        assert solved.traffic.total > problem.floor()
 
 
 def test_deterministic_for_the_same_seed():

@@ -22,7 +22,14 @@ from mapper.passes.memory.alloc import lowest_footprint
 from mapper.passes.memory.candidates import Candidate, saving_of
 from mapper.passes.memory.decompose import solve_windows
 from mapper.passes.memory.order import search_order
-from mapper.passes.memory.planner import Plan, baseline_plan, checked, solve_order, to_residencies
+from mapper.passes.memory.planner import (
+    Plan,
+    baseline_plan,
+    checked,
+    solve_order,
+    to_residencies,
+    whole_life_plan,
+)
 from mapper.passes.memory.problem import Problem, build_problem
 from mapper.passes.memory.solver import Budget, ladder, track_wall_caps
 from mapper.passes.memory.traffic import footprint, traffic_of
@@ -69,7 +76,11 @@ def _scope(plan: Plan, searched: bool, moved: bool, orders: int) -> str:
 
 def plan_order(problem: Problem, capacity: int, alignment: int, budget: Budget, seed: int,
                window: int, lookahead: int, span_limit: int, relative_gap: float) -> Plan:
-    """The plan of one order: one model, or windows when it has more than `window` steps."""
+    """The plan of one order: every tensor held whole when that packs, else one model, or
+    windows when it has more than `window` steps."""
+    whole = whole_life_plan(problem, capacity, alignment)
+    if whole is not None:
+        return whole
     if problem.steps > window:
         return solve_windows(problem, capacity, alignment, budget, seed, window, lookahead,
                              span_limit, relative_gap)

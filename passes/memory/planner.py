@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from mapper.passes.memory.alloc import greedy_offsets
 from mapper.passes.memory.belady import belady
-from mapper.passes.memory.candidates import Candidate, build_candidates
+from mapper.passes.memory.candidates import Candidate, build_candidates, saving_of
 from mapper.passes.memory.cosma import solve_fixed_order
-from mapper.passes.memory.problem import Problem
+from mapper.passes.memory.problem import Problem, zero_traffic_peak
 from mapper.passes.memory.solver import Budget
 from mapper.passes.memory.traffic import Residency, Traffic, check_plan, traffic_of
 
@@ -70,6 +71,47 @@ def baseline_plan(problem: Problem, capacity: int, alignment: int) -> Plan:
     residencies = tuple(belady(problem, capacity, alignment))
     return Plan(problem, residencies, checked(problem, residencies, capacity, alignment),
                 None, "BASELINE", "belady")
+
+
+# The greedy packing below compares every pair of items: past this many it is not tried.
+MAX_WHOLE_LIFE_ITEMS = 4000
+WHOLE_LIFE = "whole lives+greedy offsets"
+
+
+def whole_life_plan(problem: Problem, capacity: int, alignment: int) -> Plan | None:
+    """Every tensor held from its first to its last need, packed by the greedy orders: when
+    that fits, only compulsory bytes move and the plan is optimal for the order without a
+    solver (the capacity model can time out on graphs whose live set nearly fills the level).
+    None when it does not fit (or on a level operators cannot bypass)."""
+    if problem.resident_operands or zero_traffic_peak(problem) > capacity:
+        return None
+    items = []
+    for tensor in problem.tensors.values():
+        if tensor.size <= 0:
+            continue
+        if tensor.produced:
+            assert tensor.producer is not None
+            start, end = tensor.producer, tensor.last_need()
+        elif len(tensor.uses) >= 2:
+            start, end = tensor.uses[0], tensor.uses[-1]
+        else:
+            continue
+        saving = saving_of(tensor, start, end)
+        if saving > 0:
+            items.append(Candidate(start, end, tensor.name, tensor.size,
+                                   -(-tensor.size // alignment),
+                                   (capacity - tensor.size) // alignment, saving))
+    if len(items) > MAX_WHOLE_LIFE_ITEMS:
+        return None
+    placed = greedy_offsets(sorted(items))
+    if placed is None:
+        return None
+    residencies = to_residencies(placed, alignment)
+    traffic = checked(problem, residencies, capacity, alignment)
+    floor = problem.floor()
+    if traffic.total > floor:
+        return None
+    return Plan(problem, residencies, traffic, floor, "OPTIMAL", WHOLE_LIFE)
 
 
 def solve_order(problem: Problem, capacity: int, alignment: int, budget: Budget, seed: int,
