@@ -18,7 +18,8 @@ Gemm and MatMul with a following activation, bias Add or scale; a Conv with its 
 Add; Add + LayerNormalization; bias Add + Gelu; a Transpose folded into a MatMul) pay one
 per-op overhead, and the tensors passed inside a group make no round trip through memory.
 The group's time is on its anchor's row (`fused`: the members), each other member's row has
-time 0 and `fused_into`. Each operator is priced as MLAS runs it (`mapper.costs.cpu`: the
+time 0 and `fused_into`; members onnxruntime folds into the anchor's weights at load
+(BatchNormalization, constant Mul/Add) add no time at all. Each operator is priced as MLAS runs it (`mapper.costs.cpu`: the
 share of the probed GEMM rate a GEMM of its shape reaches, vector work at a share of it,
 activations at the in-cache streaming rate and weights from main memory, one core for small
 operators and a thread-pool fork/join for split ones) unless a memory plan splits its
@@ -152,7 +153,10 @@ class EstimatePass(Pass):
             if name in kernel_times:
                 row["time_s"] = kernel_times[name] + hardware.compute.op_overhead_s
                 row["source"] = "tiling"
-            if group is not None and name != group.anchor:
+            if group is not None and name in group.folded:
+                # Folded into the anchor's weights when the session is created.
+                row["time_s"] = 0.0
+            elif group is not None and name != group.anchor:
                 # A fused member runs inside its anchor's kernel: no launch of its own.
                 row["time_s"] = max(0.0, row["time_s"] - hardware.compute.op_overhead_s)
             rows.append(row)

@@ -104,6 +104,34 @@ def test_cpu_estimate_pays_one_launch_and_no_round_trip(tmp_path):
     assert estimate["latency_s"] == pytest.approx(sum(row["time_s"] for row in estimate["ops"]))
 
 
+def test_batchnorm_folded_by_onnxruntime_costs_nothing_on_cpu(tmp_path):
+    # onnxruntime folds Conv+BatchNormalization into the weights at load: the CPU estimate
+    # of a Conv+BN+Relu equals that of the Conv+Relu the simplify pass emits.
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "beta", "mean", "var"], ["n"],
+                              name="bn"),
+             helper.make_node("Relu", ["n"], ["y"], name="relu")]
+    inits = [_weight("w", 32, 16, 3, 3), _weight("g", 32), _weight("beta", 32),
+             _weight("mean", 32),
+             numpy_helper.from_array(np.abs(RNG.standard_normal(32)).astype(np.float32) + 1,
+                                     "var")]
+    path = tmp_path / "in.onnx"
+    onnx.save(_model(nodes, [_value("x", 1, 16, 64, 64)], [_value("y", 1, 32, 64, 64)],
+                     inits), path)
+    view = GraphView.from_model(onnx.load(path))
+    assert cpu_fusion_groups(view, view.model_order)["bn"].folded == {"bn"}
+    latencies = []
+    for skip in (("simplify",), ()):
+        options = CompileOptions(passes=("simplify", "estimate"), skip=skip)
+        loaded = load_for(path, options)
+        plan, _ = plan_loaded(loaded, resolve_hardware("epyc-9654", options), options,
+                              str(path))
+        rows = {row["node"]: row for row in plan["estimate"]["ops"]}
+        assert len(rows) == (3 if skip else 2)
+        latencies.append(plan["estimate"]["latency_s"])
+    assert latencies[0] == pytest.approx(latencies[1], rel=1e-3)
+
+
 @pytest.mark.parametrize("gpu", ["a100", "h100"])
 def test_gpu_estimate_prices_every_node_alone(tmp_path, gpu):
     estimate, view = _estimate(tmp_path, gpu)

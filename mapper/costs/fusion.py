@@ -46,6 +46,9 @@ class FusionGroup:
 
     members: tuple[str, ...]
     internal: frozenset[str]
+    # Members onnxruntime folds into the anchor's weights or bias when the session is
+    # created (BatchNormalization, constant Mul/Add, a MatMul's scalar scale): no run-time work.
+    folded: frozenset[str] = frozenset()
 
     @property
     def anchor(self) -> str:
@@ -69,6 +72,17 @@ def _scalar_constant(view: GraphView, tensor: str | None) -> bool:
         return False
     shape = view.tensors[tensor].shape
     return all(dim == 1 for dim in shape)
+
+
+def _folds(view: GraphView, consumer: Node, tensor: str, group_ops: tuple[str, ...]) -> bool:
+    """Whether a joining `consumer` is folded into the anchor's constants at load time
+    (ConvBNFusion, ConvMulFusion, ConvAddFusion with a constant, MatMulAddFusion's bias,
+    MatMulScaleFusion) rather than run in its kernel's epilogue."""
+    op, other = consumer.op_type, _other_input(consumer, tensor)
+    if op == "BatchNormalization":
+        return True
+    return op in ("Mul", "Add", "Div") and other is not None and _constant(view, other) \
+        and group_ops[0] in _CONV | _MATMUL
 
 
 def _joins(view: GraphView, producer: Node, consumer: Node, tensor: str,
@@ -122,6 +136,7 @@ def cpu_fusion_groups(view: GraphView, order: Sequence[str],
     perms = perms or {}
     group_of: dict[str, list[str]] = {}
     internal: dict[str, set[str]] = {}
+    folded: set[str] = set()
     for name in order:
         members = group_of.setdefault(name, [name])
         internal.setdefault(members[0], set())
@@ -139,6 +154,8 @@ def cpu_fusion_groups(view: GraphView, order: Sequence[str],
             ops = tuple(view.nodes[m].op_type for m in members)
             if not _joins(view, tail, consumer, tensor.name, ops, perms):
                 break
+            if _folds(view, consumer, tensor.name, ops):
+                folded.add(consumer.name)
             members.append(consumer.name)
             group_of[consumer.name] = members
             internal[members[0]].add(tensor.name)
@@ -149,7 +166,8 @@ def cpu_fusion_groups(view: GraphView, order: Sequence[str],
         # A Transpose folded into its MatMul: the MatMul's kernel runs the group.
         ordered = members[1:] + members[:1] if view.nodes[members[0]].op_type == "Transpose" \
             else members
-        group = FusionGroup(tuple(ordered), frozenset(internal[members[0]]))
+        group = FusionGroup(tuple(ordered), frozenset(internal[members[0]]),
+                            frozenset(folded & set(members)))
         for member in members:
             groups[member] = group
     return groups
