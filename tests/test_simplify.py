@@ -203,6 +203,29 @@ def test_graphs_with_map_outputs_lose_their_output_copies(tmp_path):
     assert plan["simplify"]["nodes_after"] == 2
 
 
+def _slice_model(starts, ends, axes, steps=None, out_shape=(2, 3, 4)) -> onnx.ModelProto:
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n)
+              for n, v in (("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps))
+              if v is not None]
+    inputs = ["s", "starts", "ends", "axes"] + (["steps"] if steps is not None else [])
+    nodes = [helper.make_node("Relu", ["x"], ["s"]),
+             helper.make_node("Slice", inputs, ["t"]),
+             helper.make_node("Sigmoid", ["t"], ["y"])]
+    return _model(nodes, [_value("x", 2, 3, 4)], [_value("y", *out_shape)], consts)
+
+
+@pytest.mark.parametrize(("starts", "ends", "axes", "steps", "shape", "kept"), [
+    ([0, -9], [2**62, 4], [0, -1], None, (2, 3, 4), False),  # every element: gone
+    ([0, 0], [2, 4], [0, 2], [1, 1], (2, 3, 4), False),
+    ([-1], [-2**62], [1], [-1], (2, 3, 4), True),  # same shape, reversed: kept
+    ([1], [3], [1], None, (2, 2, 4), True),  # trims: kept
+])
+def test_a_slice_that_keeps_everything_is_removed(tmp_path, starts, ends, axes, steps, shape,
+                                                  kept):
+    _, optimized = _compile(tmp_path, _slice_model(starts, ends, axes, steps, shape))
+    assert ("Slice" in _ops(optimized)) == kept
+
+
 def test_quantized_codes_are_not_decoded():
     codes = numpy_helper.from_array(RNG.integers(-8, 8, (16, 8)).astype(np.int8), "codes")
     scale = numpy_helper.from_array(np.array(0.05, np.float32), "scale")

@@ -37,7 +37,7 @@ from onnxscript.rewriter.rules.common import (
     _remove_optional_bias,
 )
 
-from mapper.passes.simplify.rules import CONV_AFFINE_RULES
+from mapper.passes.simplify.rules import CONV_AFFINE_RULES, SLICE_RULES
 from mapper.passes.simplify.rules import RULES as GEMM_RULES
 
 MAX_ROUNDS = 4
@@ -59,7 +59,8 @@ RULE_GROUPS: tuple[tuple[str, RewriteRuleSet], ...] = (
     ("zero biases dropped, Reshape/Slice/ScatterND cleanups",
      RewriteRuleSet([*_broadcast_to_matmul.rules.rules, *_cast_constant_of_shape.rules.rules,
                      *_collapse_slices.rules.rules, *_materialize_reshape_shape.rules.rules,
-                     *_redundant_scatter_nd.rules.rules, *_remove_optional_bias.rules.rules])),
+                     *_redundant_scatter_nd.rules.rules, *_remove_optional_bias.rules.rules,
+                     *SLICE_RULES.rules])),
 )
 
 # Integer tensors that hold quantized codes: folding a node that reads them would store the

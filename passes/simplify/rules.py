@@ -139,3 +139,48 @@ class ConvAdd(_ConvChannelAffine):
 
 
 CONV_AFFINE_RULES = RewriteRuleSet([ConvMul().rule(), ConvAdd().rule()], commute=True)
+
+
+class FullSlice(RewriteRuleClassBase):
+    """``Slice(x, starts, ends[, axes[, steps]])`` that keeps every element in order (each
+    start reaches the axis' beginning, each step is 1 and the output shape is the input's)
+    -> ``Identity(x)``; onnxscript's own rule takes one axis with an explicit step only."""
+
+    def __init__(self) -> None:
+        super().__init__("FullSlice")
+
+    def pattern(self, op, data, starts):
+        return op.Slice(data, starts, _allow_other_inputs=True, _outputs=["sliced"])
+
+    def check(self, context, data, starts, sliced, **_) -> MatchResult:
+        del context
+        result = MatchResult()
+        node = sliced.producer()
+        steps = node.inputs[4] if len(node.inputs) > 4 else None
+        if starts.const_value is None:
+            return result.fail("the starts must be constant")
+        if steps is not None and (steps.const_value is None
+                                  or any(int(v) != 1 for v in steps.const_value.numpy())):
+            return result.fail("every step must be 1")
+        if data.shape is None or sliced.shape is None or data.shape.is_dynamic() \
+                or sliced.shape.is_dynamic() or tuple(data.shape) != tuple(sliced.shape):
+            return result.fail("the output must have the input's static shape")
+        axes_value = node.inputs[3] if len(node.inputs) > 3 else None
+        rank = len(data.shape)
+        start_list = [int(v) for v in starts.const_value.numpy().reshape(-1)]
+        if axes_value is None:
+            axes = list(range(len(start_list)))
+        elif axes_value.const_value is None:
+            return result.fail("the axes must be constant")
+        else:
+            axes = [int(v) % rank for v in axes_value.const_value.numpy().reshape(-1)]
+        for axis, start in zip(axes, start_list, strict=True):
+            if (start + data.shape[axis] if start < 0 else start) > 0:
+                return result.fail("a start skips elements")
+        return result
+
+    def rewrite(self, op, data, **_):
+        return op.Identity(data)
+
+
+SLICE_RULES = RewriteRuleSet([FullSlice().rule()])
