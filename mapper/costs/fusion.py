@@ -47,7 +47,8 @@ class FusionGroup:
     members: tuple[str, ...]
     internal: frozenset[str]
     # Members onnxruntime folds into the anchor's weights or bias when the session is
-    # created (BatchNormalization, constant Mul/Add, a MatMul's scalar scale): no run-time work.
+    # created (a Conv's BatchNormalization and constant Mul/Add, a MatMul's scalar scale):
+    # no run-time work.
     folded: frozenset[str] = frozenset()
 
     @property
@@ -76,13 +77,14 @@ def _scalar_constant(view: GraphView, tensor: str | None) -> bool:
 
 def _folds(view: GraphView, consumer: Node, tensor: str, group_ops: tuple[str, ...]) -> bool:
     """Whether a joining `consumer` is folded into the anchor's constants at load time
-    (ConvBNFusion, ConvMulFusion, ConvAddFusion with a constant, MatMulAddFusion's bias,
-    MatMulScaleFusion) rather than run in its kernel's epilogue."""
+    (ConvBNFusion, ConvMulFusion, ConvAddFusion with a constant; MatMulScaleFusion's
+    alpha) rather than run in its kernel. A MatMul's bias Add is not: the Gemm it becomes
+    first copies the bias into the output, a pass over it."""
     op, other = consumer.op_type, _other_input(consumer, tensor)
-    if op == "BatchNormalization":
-        return True
-    return op in ("Mul", "Add", "Div") and other is not None and _constant(view, other) \
-        and group_ops[0] in _CONV | _MATMUL
+    if group_ops[0] in _CONV:
+        return op == "BatchNormalization" or (
+            op in ("Mul", "Add") and other is not None and _constant(view, other))
+    return group_ops[0] in _MATMUL and op in ("Mul", "Div") and _scalar_constant(view, other)
 
 
 def _joins(view: GraphView, producer: Node, consumer: Node, tensor: str,
