@@ -19,11 +19,12 @@ Add; Add + LayerNormalization; bias Add + Gelu; a Transpose folded into a MatMul
 per-op overhead, and the tensors passed inside a group make no round trip through memory.
 The group's time is on its anchor's row (`fused`: the members), each other member's row has
 time 0 and `fused_into`; members onnxruntime folds into the anchor's weights at load
-(BatchNormalization, constant Mul/Add) add no time at all. Each operator is priced as MLAS runs it (`mapper.costs.cpu`: the
-share of the probed GEMM rate a GEMM of its shape reaches, vector work at a share of it,
-activations at the in-cache streaming rate and weights from main memory, one core for small
-operators and a thread-pool fork/join for split ones) unless a memory plan splits its
-bytes. Those constants are calibrated on one probed host (benchmarks/cpu_fidelity).
+(BatchNormalization, constant Mul/Add) add no time at all. Each operator is priced as MLAS
+runs it (`mapper.costs.cpu`: the share of the probed GEMM rate a GEMM of its shape reaches,
+vector work at a share of it, activations at the in-cache streaming rate and weights from
+main memory, one core for small operators and a thread-pool fork/join for split ones)
+unless a memory plan splits its bytes. Those constants are calibrated on one probed host
+(benchmarks/cpu_fidelity).
 GPU, TPU, NPU and accelerator estimates assume no fusion: every node is its own kernel
 with its own launch and its own memory traffic.
 
