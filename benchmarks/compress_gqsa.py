@@ -163,10 +163,11 @@ def _row(bench: Bench, method: str, bits: float, quality: float, seconds: float 
     return f"| {bench.name} | {method} | {bits:.3f} | {shown} | {took} | {note} |"
 
 
-def _bench_rows(bench: Bench, tmp: Path, full: bool) -> tuple[list[str], list[str],
-                                                             list[str], list[str]]:
+def _bench_rows(bench: Bench, tmp: Path, full: bool, grid_only: bool = False
+                ) -> tuple[list[str], list[str], list[str], list[str]]:
     """The four tables' rows for one model; `full`: onnxruntime's quantizers and every part
-    (MiniLM), else the main rows (SmolLM2, about 5 min a compile here); the whole grid on both."""
+    (MiniLM), else the main rows (SmolLM2, about 5 min a compile here); the whole grid on
+    both; `grid_only`: the grid alone (the other tables come back empty)."""
     main: list[str] = [_row(bench, "fp32", 32.0, _score(bench, bench.source), None)]
     parts: list[str] = []
     grid: list[str] = []
@@ -188,6 +189,9 @@ def _bench_rows(bench: Bench, tmp: Path, full: bool) -> tuple[list[str], list[st
                          seconds))
         return path, plan
 
+    if grid_only:
+        _grid(ours, grid)
+        return [], [], grid, []
     w4 = {"method": "gqsa", "bits": 4, "group_size": 128}
     both = {"stage2": "refit+e2e"}
     # W4 g128, dense: the acceptance's first line, against onnxruntime's algorithms.
@@ -223,6 +227,8 @@ def _bench_rows(bench: Bench, tmp: Path, full: bool) -> tuple[list[str], list[st
     s50 = {"sparsity": 0.5, "sparsity_allocation": "global"}
     w4s50_path, _ = ours("W4S50 g128 GQSA global, refit+e2e", w4, {**s50, **both})
     ours("W4S50 g128 GQSA global, refit", w4, s50)
+    # The finest groups whose W4S50 still stores under W2 g64's 2.28 bits (fp16 scales).
+    ours("W4S50 g64 GQSA global, refit", {**w4, "group_size": 64}, s50)
     if full:
         # What each part buys.
         for label, gqsa in (
@@ -240,17 +246,21 @@ def _bench_rows(bench: Bench, tmp: Path, full: bool) -> tuple[list[str], list[st
                 ("W4S50 g128 refit + e2e, global, Wanda saliency",
                  {**s50, **both, "saliency": "wanda"})):
             ours(label, w4, gqsa, parts)
-    # The grid (stage 2 refit, the default).
-    for bits in (2, 3, 4):
-        for sparsity in (0.0, 0.25, 0.4, 0.5):
-            ours(f"W{bits}S{int(sparsity * 100)} g128", {"method": "gqsa", "bits": bits,
-                                                        "group_size": 128},
-                 {"sparsity": sparsity, "sparsity_allocation": "global"}, grid)
+    _grid(ours, grid)
     feed = bench.eval_feeds[0]
     for label, path in (("fp32", bench.source), ("W4 g128 (MatMulNBits)", w4_path),
                         ("W4S50 g128 (MatMulNBits, pruned groups at scale 0)", w4s50_path)):
         latency.append(f"| {bench.name} | {label} | {_latency(path, feed) * 1e3:.2f} |")
     return main, parts, grid, latency
+
+
+def _grid(ours: Any, grid: list[str]) -> None:
+    """The grid's rows (stage 2 refit, the default), compiled through `ours`."""
+    for bits in (2, 3, 4):
+        for sparsity in (0.0, 0.25, 0.4, 0.5):
+            ours(f"W{bits}S{int(sparsity * 100)} g128", {"method": "gqsa", "bits": bits,
+                                                        "group_size": 128},
+                 {"sparsity": sparsity, "sparsity_allocation": "global"}, grid)
 
 
 def _minilm(tmp: Path, calib_samples: int = 32) -> Bench:
@@ -315,8 +325,8 @@ _TABLES = ("### Against the baselines and onnxruntime's quantizers", "### What e
            "### Re-measured with the bounded allocation and the gated refit")
 # `--recheck`: the rows the allocation bound and the refit gate change most, re-measured
 # without the whole run (SmolLM2-135M's takes 85 minutes).
-RECHECK = (("W4 g128 s=0, refit", 0.0), ("W4S25 g128 global, refit", 0.25),
-           ("W4S50 g128 global, refit", 0.5))
+RECHECK = (("W4 g128 s=0, refit", 0.0, 128), ("W4S25 g128 global, refit", 0.25, 128),
+           ("W4S50 g128 global, refit", 0.5, 128), ("W4S50 g64 global, refit", 0.5, 64))
 
 
 def _existing(model: str) -> list[list[str]]:
@@ -377,10 +387,10 @@ def _write(tables: list[list[str]]) -> None:
 def _recheck_rows(bench: Bench, tmp: Path) -> list[str]:
     """The RECHECK rows of one model."""
     rows = []
-    for label, sparsity in RECHECK:
+    for label, sparsity, group in RECHECK:
         gqsa = {"sparsity": sparsity, "sparsity_allocation": "global"} if sparsity else {}
         path, plan, seconds = _compile(bench, tmp, f"r{len(rows)}",
-                                       {"method": "gqsa", "bits": 4, "group_size": 128},
+                                       {"method": "gqsa", "bits": 4, "group_size": group},
                                        gqsa)
         note = next((n.split("closed form): ")[-1] for p in plan["passes"]
                      for n in p["notes"] if "closed form" in n), "")
@@ -392,8 +402,8 @@ def _recheck_rows(bench: Bench, tmp: Path) -> list[str]:
 
 def main() -> None:
     """Run the models asked for (`--model minilm|smollm`, default both; `--quick` is
-    minilm; `--recheck`: only the RECHECK rows), rewriting the RESULTS.md section after
-    each and keeping the other's rows."""
+    minilm; `--recheck`: only the RECHECK rows; `--grid`: only the grid), rewriting the
+    RESULTS.md section after each and keeping the other tables' and model's rows."""
     logging.disable(logging.WARNING)
     chosen = sys.argv[sys.argv.index("--model") + 1] if "--model" in sys.argv else (
         "minilm" if "--quick" in sys.argv else "both")
@@ -407,6 +417,11 @@ def main() -> None:
             bench = (_minilm(tmp, MINILM_CALIBRATION) if key == "minilm" else _smollm(tmp))
             if "--recheck" in sys.argv:
                 results[name][4] = _recheck_rows(bench, tmp)
+                _write([[row for rows in results.values() for row in rows[i]]
+                        for i in range(len(_TABLES))])
+                continue
+            if "--grid" in sys.argv:
+                results[name][2] = _bench_rows(bench, tmp, full, grid_only=True)[2]
                 _write([[row for rows in results.values() for row in rows[i]]
                         for i in range(len(_TABLES))])
                 continue
