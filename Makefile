@@ -40,7 +40,7 @@ lint: setup
 BENCHMARKS := compile_time pass_scaling tiling_calibration tiling_optimality tiling_constraints \
 	tiling_triton_gpu arena_minimalloc arena_models memory_scratchpad memory_resident \
 	moe_quality moe_scale moe_families compress_rtn compress_gqsa compress_lqlora lqlora_table cli_start \
-	solver_monotone study_scale large_model simplify hw_probe cpu_fidelity
+	solver_monotone study_scale large_model simplify hw_probe cpu_fidelity gpu_probe
 
 # Every benchmark in turn; each rewrites its own section of benchmarks/RESULTS.md.
 bench: setup

@@ -40,8 +40,6 @@ TUTORIAL_CONFIGS = (
 PROBLEMS = (("fp16", 4096, 4096, 4096), ("fp16", 8192, 8192, 8192),
             ("fp16", 16384, 4096, 4096), ("fp16", 4096, 14336, 4096),
             ("bf16", 8192, 8192, 8192), ("bf16", 6144, 17920, 2816))
-_DEVICE_MODELS = (("H200", "h200"), ("H100", "h100"), ("A100", "a100"), ("L40S", "l40s"),
-                  ("L4", "l4"), ("V100", "v100"), ("T4", "t4"), ("B200", "b200"))
 
 
 def _ensure_mapper_importable() -> None:
@@ -66,15 +64,6 @@ def _ensure_mapper_importable() -> None:
 def _skip(reason: str) -> None:
     print(f"tiling_triton_gpu: skipped: {reason}")
     sys.exit(0)
-
-
-def _hardware_for(device_name: str, total_bytes: int) -> str | None:
-    for marker, name in _DEVICE_MODELS:
-        if marker in device_name.upper():
-            if name == "a100" and total_bytes < 60 * 2**30:
-                return "a100-40gb"
-            return name
-    return None
 
 
 def _kernel() -> Any:
@@ -251,11 +240,13 @@ def main() -> None:
         import triton  # noqa: F401
     except ImportError:
         _skip("triton is not installed")
+    _ensure_mapper_importable()
+    from mapper.probe_gpu import hardware_for
+
     properties = torch.cuda.get_device_properties(0)
-    hw_name = args.hw or _hardware_for(properties.name, properties.total_memory)
+    hw_name = args.hw or hardware_for(properties.name, properties.total_memory)
     if hw_name is None:
         _skip(f"no hardware model matches {properties.name!r}; pass --hw")
-    _ensure_mapper_importable()
     rows, device = measure(hw_name, args.rep)
     body = table(rows, device, hw_name)
     print(body)

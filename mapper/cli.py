@@ -666,11 +666,18 @@ def hw_validate(path: Path, as_json: bool) -> None:
               "5 times, more while its share lasts).")
 @click.option("--force", is_flag=True,
               help="Replace -o even when it is not a file `hw probe` wrote.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="What to probe: this host's CPU (onnxruntime), or its CUDA GPU (torch "
+              "with CUDA; the file starts from the built-in model of the same GPU).")
+@click.option("--like", metavar="NAME",
+              help="With --device cuda: the built-in GPU model to start from when the "
+              "device's name matches none.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print every fact and measurement as one JSON object.")
-def hw_probe(output: Path, seconds: float, force: bool, as_json: bool) -> None:
-    """Write a hardware model (kind cpu) of this machine: facts read from the OS, rates
-    measured with onnxruntime."""
+def hw_probe(output: Path, seconds: float, force: bool, device: str, like: str | None,
+             as_json: bool) -> None:
+    """Write a hardware model of this machine: a CPU (facts read from the OS, rates measured
+    with onnxruntime) or, with --device cuda, its GPU (rates measured with torch)."""
     from mapper.hwmodels.loader import load_hardware
     from mapper.outputs import check_output_file, first_line_is, write_output_file
     from mapper.probe import PROBE_HEADER, probe, probe_name, render_yaml, result_dict
@@ -678,9 +685,15 @@ def hw_probe(output: Path, seconds: float, force: bool, as_json: bool) -> None:
     if output.suffix.lower() not in (".yaml", ".yml"):
         raise UserError(f"-o {str(output)!r}: a hardware file ends in .yaml or .yml",
                         subject={"flag": "--output"})
+    if like is not None and device != "cuda":
+        raise UserError("--like only applies to --device cuda (a CPU probe starts from no "
+                        "built-in model)", subject={"flag": "--like"})
     ours = first_line_is(PROBE_HEADER)
     check_output_file(output, force=force, ours=ours, what="hardware")
     name = probe_name(output)
+    if device == "cuda":
+        _probe_cuda(output, name, like, seconds, force, as_json)
+        return
     result = probe(seconds)
     write_output_file(output, render_yaml(result, name), force=force, ours=ours, what="hardware")
     load_hardware(str(output))  # what the probe writes must load; a failure here is a bug
@@ -699,6 +712,38 @@ def hw_probe(output: Path, seconds: float, force: bool, as_json: bool) -> None:
     _echo_columns([("  " + a, b, c) for a, b, c in rows])
     for line in result.skipped:
         click.echo(f"  not measured: {line}")
+
+
+def _probe_cuda(output: Path, name: str, like: str | None, seconds: float, force: bool,
+                as_json: bool) -> None:
+    """`hw probe --device cuda`: measure the GPU, write its model, print what was found."""
+    from mapper.hwmodels.loader import hardware_file, load_hardware
+    from mapper.outputs import first_line_is, write_output_file
+    from mapper.probe import PROBE_HEADER
+    from mapper.probe_gpu import probe_gpu, render_gpu_yaml, result_dict
+
+    result = probe_gpu(like, seconds)
+    template = load_hardware(result.template)
+    text = render_gpu_yaml(result, hardware_file(result.template).read_text(),
+                           template.main_memory[0], name)
+    write_output_file(output, text, force=force, ours=first_line_is(PROBE_HEADER),
+                      what="hardware")
+    load_hardware(str(output))  # what the probe writes must load; a failure here is a bug
+    payload = result_dict(result, output, name)
+    if as_json:
+        emit_json(payload)
+        return
+    click.echo(f"probed {result.facts.name} (as {result.template}) in {result.seconds:.1f} s "
+               f"-> {output}")
+    rows = [("FIELD", "VALUE", "HOW"),
+            ("sustained_clock", f"{result.sustained_clock_hz / 1e9:.4g} GHz",
+             result.clock_method)]
+    for item in result.measurements:
+        value = (f"{item.value / 1e12:.4g} TFLOP/s" if item.unit == "ops/s" else
+                 f"{item.value / 1e9:.4g} GB/s" if item.unit == "bytes/s" else
+                 f"{item.value * 1e6:.3g} us")
+        rows.append((item.name, value, item.method))
+    _echo_columns([("  " + a, b, c) for a, b, c in rows])
 
 
 @cli.command("schema")
