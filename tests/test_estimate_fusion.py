@@ -156,6 +156,29 @@ def test_cpu_gemm_efficiency_and_cache_bandwidth():
     assert resident_bandwidth(hardware, 2**40, 1) == dram
 
 
+def test_grouped_convolutions_split_by_whole_groups_over_threads():
+    # MlasConv gives each thread whole groups: 3 groups on 2 threads take two groups' time,
+    # 4 groups an even half each; one thread, or a depthwise conv, is not affected.
+    def conv_time(groups: int, threads: int) -> float:
+        channels = 240
+        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", group=groups)]
+        model = _model(nodes, [_value("x", 1, channels, 28, 28)],
+                       [_value("y", 1, channels, 28, 28)],
+                       [_weight("w", channels, channels // groups, 1, 1)])
+        view = GraphView.from_model(model)
+        hardware = resolve_hardware("epyc-9654", CompileOptions(
+            hardware_overrides=(f"compute.units={threads}",
+                                f"compute.peak_ops.fp32={100 * threads}GFLOPS")))
+        return cpu_op_time(view, view.nodes["conv"], hardware).time_s
+
+    for groups in (3, 4):
+        one, two = conv_time(groups, 1), conv_time(groups, 2)
+        overhead = resolve_hardware("epyc-9654", CompileOptions()).compute.op_overhead_s
+        speedup = (one - overhead) / (two - overhead)
+        # The fork/join of the split run is a small part of these times.
+        assert speedup == pytest.approx(1.5 if groups == 3 else 2.0, rel=0.05), groups
+
+
 def test_run_overhead_is_paid_once_per_run(tmp_path):
     path = tmp_path / "in.onnx"
     onnx.save(conv_relu_then_mlp(), path)

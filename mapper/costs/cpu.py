@@ -16,7 +16,9 @@ prices them (the estimate pass uses it for hardware of kind `cpu` only):
 - **Vector kernels**: non-matrix work reaches a small share of the GEMM peak, streams
   cache-resident bytes at a few bytes per clock, and a few ops are scalar loops.
 - **Threads**: onnxruntime splits an operator over its intra-op threads only when it has
-  enough work; a small operator runs on one core, so at most its share of the peak.
+  enough work; a small operator runs on one core, so at most its share of the peak. A
+  grouped (not depthwise) convolution is split by groups: each thread runs whole groups'
+  GEMMs, so the busiest thread runs ceil(groups / threads) of them.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class GemmShape:
     k: int
     batch: int = 1
     depthwise: bool = False
+    # A convolution's kernel window (1 for a pointwise one, which MLAS runs as a plain GEMM).
+    window: int = 1
 
 
 def gemm_shape(view: GraphView, node: Node) -> GemmShape | None:
@@ -91,7 +95,8 @@ def gemm_shape(view: GraphView, node: Node) -> GemmShape | None:
         groups = max(1, data[1] // max(1, weight[1]))
         rows = out[0] * math.prod(out[2:])
         return GemmShape(m=rows, n=max(1, out[1] // groups), k=math.prod(weight[1:]),
-                         batch=groups, depthwise=groups > 1 and weight[1] == 1)
+                         batch=groups, depthwise=groups > 1 and weight[1] == 1,
+                         window=math.prod(weight[2:]))
     if node.category != "matmul":
         return None
     n = out[-1]
@@ -117,6 +122,19 @@ def gemm_efficiency(shape: GemmShape) -> float:
     found = (_dim_efficiency(shape.m, HALF_M) * _dim_efficiency(shape.n, HALF_N)
              * _dim_efficiency(shape.k, HALF_K))
     return min(1.0, found / reference)
+
+
+def _group_imbalance(shape: GemmShape | None, cores: float) -> float:
+    """How much longer than an even split over `cores` threads a grouped convolution takes.
+    MLAS's MlasConv hands each of min(threads, groups) threads whole groups (one
+    single-threaded GEMM each) when a group's GEMM reads the input directly (pointwise) or
+    in segments (no more filters than output pixels); 3 groups on 2 threads take 2 groups'
+    time, not 1.5. Otherwise it runs the groups one by one, each GEMM threaded."""
+    if (shape is None or shape.depthwise or shape.batch <= 1 or math.floor(cores) < 2
+            or (shape.window > 1 and shape.n > shape.m)):
+        return 1.0
+    used = min(math.floor(cores), shape.batch)
+    return math.ceil(shape.batch / used) * cores / shape.batch
 
 
 def resident_bandwidth(hardware: Hardware, working_set: int, cores: float) -> float:
@@ -153,7 +171,8 @@ def cpu_op_time(view: GraphView, node: Node, hardware: Hardware, dequant: float 
     efficiency = (gemm_efficiency(shape) if shape is not None else 1.0) if matrix \
         else VECTOR_EFFICIENCY
     dequant_s = dequant / (vector_peak * VECTOR_EFFICIENCY * share)
-    compute_s = node.flops / (peak * efficiency * share) + dequant_s
+    compute_s = node.flops / (peak * efficiency * share) * _group_imbalance(shape, cores) \
+        + dequant_s
     if node.op_type in SCALAR_CYCLES_PER_ELEMENT and node.outputs:
         elements = math.prod(view.tensors[node.outputs[0]].shape or (1,))
         compute_s = (elements * SCALAR_CYCLES_PER_ELEMENT[node.op_type]
