@@ -282,8 +282,19 @@ def outlier_lines(report: dict[str, Any], kind: str) -> list[str]:
             in report[kind]["outliers"]]
 
 
-# What the tables show, read off the runs this section was written from (2026-12-03).
+# What the tables show, read off the runs this section was written from (2026-12-03 on an
+# Intel Xeon host, 2026-12-04 on an AMD EPYC one).
 NOTES = [
+    "Two CPUs: the constants below were calibrated on a 2-core Intel Xeon (AVX-512) host "
+    "(2026-12-03: 17/19 models within 25% at 1 thread, 17/19 at 2; Spearman 0.98 / 0.97); "
+    "this run is the first on a second CPU, a 2-core AMD EPYC (AVX2), with none of them "
+    "refitted. Two changes before it: the probe's GEMM is 960^3, not 1024^3 (on the EPYC a "
+    "1024^3 MatMul ran at 0.75x of 960^3 or 1152^3 on one thread and 0.88x on two: its 4 KiB "
+    "row stride aliases in the caches, which had made the stated peak 25% low and every "
+    "prediction about 1.2x high: 14/19 and 10/19), and a grouped convolution is priced as "
+    "MlasConv threads it, whole groups per thread (zoo_light_shufflenet at 2 threads: 0.73 "
+    "on the Xeon run, 1.00 here).",
+    "",
     "Per-op fidelity is compared per kernel: the nodes the estimate fuses into one group are "
     "summed, measured and predicted alike (onnxruntime reports a fused kernel under one of "
     "its nodes' names, or a name the benchmark maps back through the optimized graph's "
@@ -293,23 +304,23 @@ NOTES = [
     "- Worst model: corpus:q_ort_static_cnn (a statically quantized CNN on 1x3x32x32): "
     "about 60-70 us measured, 9 us predicted. Its quantized kernels (QLinearConv, QGemm, "
     "QLinearGlobalAveragePool) take 10-90 us each in onnxruntime's profile, far above their "
-    "arithmetic (a few microseconds in all); the estimate prices them by their work, plus "
-    "the run's fixed cost. Not investigated further. corpus:q_ort_dynamic_mlp (three "
-    "MatMulIntegers with M = 4) misses at 1 thread (1.4x) and sits near the edge at 2. The "
-    "third miss before this run, corpus:torch03_batchnorm2d (one BatchNormalization on "
+    "arithmetic (a few microseconds in all: conv0, K = 27, 41 us measured against 0.6 us of "
+    "int8 arithmetic at the probed rate); the estimate prices them by their work, plus "
+    "the run's fixed cost, and has no term for ORT's per-call cost of these kernels. "
+    "corpus:q_ort_dynamic_mlp (three MatMulIntegers with M = 4) missed at 1 thread on the "
+    "Xeon (1.4x) and is within 25% here. The "
+    "third miss before the Xeon run, corpus:torch03_batchnorm2d (one BatchNormalization on "
     "2x3x6x6, about 5 us measured), is now within 25%: the estimate adds the hardware "
     "model's `run_overhead`, session.run's own cost, which `hw probe` measures (about 4.2 "
     "us here). Integer ops no longer pay weight-decode work (q_ort_dynamic_mlp's "
     "MatMulIntegers were priced 46 us each, 36 of them decoding). Models near the edge can "
     "cross 25% from one run to the next: this shared 2-core host varies 5-10% between runs.",
-    "- corpus:zoo_light_shufflenet at 2 threads (0.73; 0.87 before BatchNormalization after a "
-    "Conv was priced at nothing, as onnxruntime folds it into the weights at load: the "
-    "estimate had charged its arithmetic on one core, which hid what follows). Per kernel "
-    "type at 2 threads: its grouped 1x1 convolutions (3 groups) measure 1.94 ms against "
-    "1.31 predicted, its depthwise ones 0.61 against 0.24, and its 33 Reshapes 0.18 ms "
-    "(profiled, so each carries the profiler's own cost) against nothing (they alias their "
-    "input); the depthwise share (0.35) and the GEMM shape efficiency were fitted on "
-    "ungrouped and MobileNet-style convolutions.",
+    "- corpus:zoo_light_shufflenet at 2 threads read 0.73 on the Xeon: its grouped 1x1 "
+    "convolutions (3 groups) measured 1.94 ms against 1.31 predicted, because MlasConv "
+    "runs min(threads, groups) threads with whole groups each (3 groups on 2 threads take "
+    "two groups' time); priced so now. Its depthwise convolutions (0.61 ms against 0.24 on "
+    "the Xeon) and its 33 Reshapes (0.18 ms profiled, each carrying the profiler's own "
+    "cost, against nothing: they alias their input) are still under-predicted.",
     "- Before: the roofline priced everything at DRAM bandwidth and the fp32 GEMM peak with "
     "no fusion: CNNs were over-predicted (every Relu/BatchNormalization/Clip paid its own "
     "round trip through memory and a launch), inception_v1 under-predicted about 0.6x (its two "
@@ -326,11 +337,13 @@ NOTES = [
     "under-predicted about 2x. Not investigated: the two zoo_light_shufflenet kernels in "
     "the list (`n193`, `n3`, about 100 us each).",
     "",
-    "Calibrated on this host (mapper/costs/cpu.py, each constant with its reason): the GEMM "
+    "Calibrated on the Xeon host (mapper/costs/cpu.py, each constant with its reason): the GEMM "
     "shape efficiency's half sizes, the depthwise share (0.35), the vector share of the GEMM "
     "peak (0.1), the in-cache streaming rate (16 bytes per clock per core), LRN's cycles per "
-    "element (60) and the thread pool's fork/join (13,000 cycles). They are not yet checked "
-    "on a second CPU.",
+    "element (60) and the thread pool's fork/join (13,000 cycles). The per-kernel outliers "
+    "above differ between runs (a single profiled kernel can take a scheduling stall on "
+    "this shared host: minilm_l6's `node_matmul_8` at 2 threads); the whole-model medians "
+    "are the measure.",
 ]
 
 

@@ -40,7 +40,7 @@ def test_probe_writes_a_valid_cpu_model_with_a_source_on_every_figure(probed):
             continue
         assert "# read:" in line or "# measured:" in line or "# assumption:" in line \
             or "# derived:" in line, line
-    assert "# measured: onnxruntime MatMul 1024^3 fp32" in text
+    assert "# measured: onnxruntime MatMul 960^3 fp32" in text
     measurements = payload["measurements"]
     assert {"fp32_gemm", "fp32_gemm_1t", "bandwidth", "op_overhead",
             "run_overhead"} <= set(measurements)

@@ -7,7 +7,7 @@ prices them (the estimate pass uses it for hardware of kind `cpu` only):
 - **GEMM shape**: MLAS computes a GEMM in register tiles and packs B once per call; a
   product with few rows (M), columns (N) or a short reduction (K) reaches only a part of
   the sustained rate a large square GEMM does (what `hw probe` measures as the fp32 peak).
-  `gemm_efficiency` is that part, relative to the probe's 1024^3 GEMM. A depthwise
+  `gemm_efficiency` is that part, relative to the probe's 960^3 GEMM. A depthwise
   convolution is not a GEMM at all: MLAS runs it as vector work over the channels.
 - **Cache residency**: an operator whose activation bytes fit in a cache level streams them
   at that level's bandwidth, not main memory's (batch-1 activations of most models fit in
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from mapper.hwmodels.schema import Hardware
 
 # The probe's reference GEMM (mapper.probe.GEMM_SIZE): its rate is the stated fp32 peak.
-REFERENCE_GEMM = 1024
+REFERENCE_GEMM = 960
 # Half-efficiency sizes of each GEMM dimension: a dimension of this size reaches half of
 # the rate a long one does (register tile rows, tile columns, the packed K panel's reuse).
 # Calibrated on a probed Sapphire Rapids host (benchmarks/cpu_fidelity): convolutions with
