@@ -32,9 +32,9 @@ import onnx
 import models
 from benchmarks import sparse_baselines
 from benchmarks.results import update_section
-from mapper.calibration import Feed, calibration_feeds, load_calibration
+from mapper.calibration import Feed, calibration_feeds, load_calibration, split_samples
 from mapper.compression.quality import _next_token_nll
-from mapper.compression.sites import find_sites
+from mapper.compression.sites import WeightSite, find_sites
 from mapper.driver import compile_model
 from mapper.loader import load_model
 from mapper.options import CompileOptions, CompressionConfig
@@ -57,6 +57,15 @@ class Bench:
     output: str
     metric: str  # cosine | perplexity
     reference: list[np.ndarray]
+
+
+def matrix_sites(bench: Bench) -> tuple[onnx.ModelProto, list[WeightSite], list[Feed]]:
+    """A benchmark model's MatMul/Gemm weights and the calibration feeds the pass would use."""
+    model = load_model(bench.source).model
+    sites, _ = find_sites(model, CompressionConfig(embeddings="off"))
+    sites = [s for s in sites if s.kind != "gather"]
+    samples = split_samples(model, bench.calib, bench.calib_samples, 4, 0)
+    return model, sites, list(samples.calibration)
 
 
 def _session(model: onnx.ModelProto | Path, threads: int = 2):
@@ -431,10 +440,7 @@ def _ceiling_rows(bench: Bench, tmp: Path) -> list[str]:
                              {"method": "gqsa", "bits": 8, "group_size": 64},
                              {"sparsity": 0.5, "sparsity_allocation": "global",
                               "stage2": "none"})
-    model = load_model(bench.source).model
-    sites, _ = find_sites(model, CompressionConfig(embeddings="off"))
-    calib = calibration_feeds(load_calibration(bench.calib), onnx.load(str(bench.source)),
-                              "")[:bench.calib_samples]
+    model, sites, calib = matrix_sites(bench)
     curve: dict[int, float] = {}
     started = time.perf_counter()
     bound = finetuned_ceiling(model, sites, path.parent, calib, bench.eval_feeds,
@@ -471,8 +477,8 @@ def _recheck_rows(bench: Bench, tmp: Path) -> list[str]:
 def main() -> None:
     """Run the models asked for (`--model minilm|smollm`, default both; `--quick` is
     minilm; `--recheck`: only the RECHECK rows; `--ceiling`: only the CEILING rows;
-    `--grid`: only the grid), rewriting the
-    RESULTS.md section after each and keeping the other tables' and model's rows."""
+    `--grid`: only the grid), rewriting the RESULTS.md section after each and keeping the
+    other tables' and model's rows."""
     logging.disable(logging.WARNING)
     chosen = sys.argv[sys.argv.index("--model") + 1] if "--model" in sys.argv else (
         "minilm" if "--quick" in sys.argv else "both")
@@ -486,21 +492,13 @@ def main() -> None:
             bench = (_minilm(tmp, MINILM_CALIBRATION) if key == "minilm" else _smollm(tmp))
             if "--ceiling" in sys.argv:
                 results[name][5] = _ceiling_rows(bench, tmp)
-                _write([[row for rows in results.values() for row in rows[i]]
-                        for i in range(len(_TABLES))])
-                continue
-            if "--recheck" in sys.argv:
+            elif "--recheck" in sys.argv:
                 results[name][4] = _recheck_rows(bench, tmp)
-                _write([[row for rows in results.values() for row in rows[i]]
-                        for i in range(len(_TABLES))])
-                continue
-            if "--grid" in sys.argv:
+            elif "--grid" in sys.argv:
                 results[name][2] = _bench_rows(bench, tmp, full, grid_only=True)[2]
-                _write([[row for rows in results.values() for row in rows[i]]
-                        for i in range(len(_TABLES))])
-                continue
-            results[name] = [*_bench_rows(bench, tmp, full), [], results[name][5]]
-            print("\n".join(results[name][0]), flush=True)
+            else:
+                results[name] = [*_bench_rows(bench, tmp, full), [], results[name][5]]
+                print("\n".join(results[name][0]), flush=True)
             _write([[row for rows in results.values() for row in rows[i]]
                     for i in range(len(_TABLES))])
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from benchmarks.compress_gqsa import Bench, _compile, _minilm, _score, _smollm
-from benchmarks.lqlora_table import compare_rows, matrix_sites
+from benchmarks.compress_gqsa import Bench, _compile, _minilm, _score, _smollm, matrix_sites
+from benchmarks.lqlora_table import compare_rows
 from benchmarks.results import section, update_section
 from mapper.compression.sites import find_sites, site_matrix
 from mapper.loader import load_model

@@ -17,27 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import onnx
-
-from benchmarks.compress_gqsa import Bench, _minilm
+from benchmarks.compress_gqsa import _minilm, matrix_sites
 from benchmarks.results import update_section
-from mapper.calibration import split_samples
-from mapper.compression.sites import WeightSite, find_sites, site_matrix
-from mapper.loader import load_model
-from mapper.options import CompressionConfig
+from mapper.compression.sites import site_matrix
 from mapper.passes.lqlora import search
 from mapper.passes.lqlora.decompose import default_rank
 from mapper.passes.lqlora.grid import grid
 from mapper.passes.lqlora.lqlora_pass import _channel_weights, _relative
-
-
-def matrix_sites(bench: Bench) -> tuple[onnx.ModelProto, list[WeightSite], list]:
-    """A benchmark model's MatMul/Gemm weights and the calibration feeds the pass would use."""
-    model = load_model(bench.source).model
-    sites, _ = find_sites(model, CompressionConfig(embeddings="off"))
-    sites = [s for s in sites if s.kind != "gather"]
-    samples = split_samples(model, bench.calib, bench.calib_samples, 4, 0)
-    return model, sites, list(samples.calibration)
 
 
 def compare_rows(matrices: list[search.Matrix], configs: list) -> list[str]:
